@@ -71,5 +71,6 @@ class FlagError(MeshirError):
     """A bad command-line flag or flag value; the message names the flag."""
 
 
-def error(message: str, loc: Location | None = None) -> MeshirError:
-    return MeshirError(message, loc)
+class RuntimeFailure(MeshirError):
+    """A failure while running a program that verified: tools exit 1, not 2."""
+

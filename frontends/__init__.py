@@ -1,0 +1,1 @@
+"""meshir frontends: the .mir text format and the Python builder."""

@@ -1,0 +1,1 @@
+"""The .mir text format: lark grammar, parser and printer."""

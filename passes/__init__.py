@@ -1,0 +1,1 @@
+"""Passes: the pass base class and registry, the pipeline parser, one module per pass."""
