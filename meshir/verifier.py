@@ -146,7 +146,8 @@ def verify_function(module: Module, function: Function) -> None:
                 raise _at(op.loc, f"{op.name}: operand {index} (%{operand.name}) is used before it is defined")
         inferred = infer_op(module, function, op)
         if len(inferred) != len(op.results):
-            raise _at(op.loc, f"{op.name} produces {len(inferred)} result{'s' if len(inferred) != 1 else ''} but {len(op.results)} {'are' if len(op.results) != 1 else 'is'} named")
+            named = f"{len(op.results)} {'are' if len(op.results) != 1 else 'is'} named"
+            raise _at(op.loc, f"{op.name} produces {_count(len(inferred), 'result')} but {named}")
         for value, ttype in zip(op.results, inferred):
             if value.type is None:
                 value.type = ttype
@@ -156,12 +157,16 @@ def verify_function(module: Module, function: Function) -> None:
                 _check_divisible(layout, mesh, ttype, op.loc, f"%{value.name} = {op.name}")
         defined.update(op.results)
     if len(function.returns) != len(function.result_types):
-        raise _at(function.return_loc or function.loc, f"func @{function.name} declares {len(function.result_types)} results but returns {len(function.returns)}")
+        raise _at(function.return_loc or function.loc, f"func @{function.name} declares {_count(len(function.result_types), 'result')} but returns {len(function.returns)}")
     for index, (value, ttype) in enumerate(zip(function.returns, function.result_types)):
         if value not in defined:
             raise _at(function.return_loc, f"return: %{value.name} is not defined")
         if value.type != ttype:
             raise _at(function.return_loc or function.loc, f"func @{function.name} result {index} is declared {ttype} but %{value.name} is {value.type}")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _check_divisible(layout: LayoutRules, mesh: Mesh, ttype: TensorType, loc: Location | None, what: str) -> None:

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Callable, ClassVar, TypeVar
 
 from meshir.ir import Module, Operation
-from meshir.registry import find
 
 
 class Pass:
@@ -44,10 +43,12 @@ def available_passes() -> dict[str, type[Pass]]:
     return dict(sorted(_PASSES.items()))
 
 
-# How many bytes one device sends for each collective: the per-device size of
-# the operand, or of the result where the result is what grows (all_gather).
-# all_slice only keeps a slice of what the device already has.
-_BYTES_MOVED: dict[str, Callable[[Operation], int]] = {
+# The collectives that communicate, and how many bytes one device sends in
+# each: the per-device size of the operand, or of the result where the result
+# is what grows (all_gather). all_slice only keeps part of what the device
+# has. Device queries in the same registry group (axis_index, dynamic_slice)
+# move nothing and are not collectives here.
+COLLECTIVE_BYTES: dict[str, Callable[[Operation], int]] = {
     "all_reduce": lambda op: op.operands[0].type.nbytes,
     "reduce_scatter": lambda op: op.operands[0].type.nbytes,
     "all_to_all": lambda op: op.operands[0].type.nbytes,
@@ -67,29 +68,23 @@ class Statistics:
 
 
 def _collective_axes(op: Operation) -> tuple[str, ...]:
+    """The mesh axes a collective talks over: its `axes`, or its one `axis`."""
     if "axes" in op.attributes:
-        axes = op.attributes["axes"]
-        return (axes,) if isinstance(axes, str) else tuple(axes)
-    if "axis" in op.attributes:
-        return (op.attributes["axis"],)
-    return ()
+        return tuple(op.attributes["axes"])
+    return (op.attributes["axis"],)
 
 
 def module_statistics(module: Module) -> Statistics:
-    """Count ops and collectives in every function; sum collective bytes in local ones.
-
-    The module must be verified (every value typed)."""
+    """Count ops and collectives in every function, and the bytes collectives move
+    per mesh axis. The module must be verified (every value typed)."""
     stats = Statistics()
     for function in module.functions.values():
         stats.ops += len(function.ops)
         for op in function.ops:
-            opdef = find(op.name)
-            if opdef is None or opdef.group != "collectives":
+            moved = COLLECTIVE_BYTES.get(op.name)
+            if moved is None:
                 continue
             stats.collectives[op.name] += 1
-            moved = _BYTES_MOVED.get(op.name)
-            if moved is None or not function.is_local:
-                continue
             for axis in _collective_axes(op):
                 stats.bytes_per_axis[axis] += moved(op)
     return stats

@@ -1,0 +1,50 @@
+"""Every command in the README runs; `.ci/run` runs exactly the README's test command."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+README = (REPO / "README.md").read_text()
+SH_BLOCKS = re.findall(r"```sh\n(.*?)```", README, re.DOTALL)
+PY_BLOCKS = re.findall(r"```python\n(.*?)```", README, re.DOTALL)
+COMMANDS = [line.split("  #")[0].strip() for block in SH_BLOCKS for line in block.splitlines() if line.strip()]
+SETUP = [c for c in COMMANDS if "pip install" in c]
+TOUR = [c for c in COMMANDS if c not in SETUP]
+
+
+def test_readme_has_the_two_setup_commands_and_ci_runs_the_test_one():
+    assert len(SETUP) == 2
+    main_job, tests = SETUP
+    assert "meshir-run examples/mlp.mir" in main_job and "pytest" in tests
+    ci_lines = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
+    assert tests in ci_lines
+
+
+def _run(command: str) -> subprocess.CompletedProcess:
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
+    return subprocess.run(command, shell=True, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_main_job_command_runs():
+    """The main job's own step (set-up is what this test session already did)."""
+    result = _run(SETUP[0].split("&&")[-1].strip().removeprefix(".venv/bin/"))
+    assert result.returncode == 0, result.stderr
+    assert "%loss : f32[] =" in result.stdout
+
+
+@pytest.mark.parametrize("command", TOUR)
+def test_tour_command_runs(command):
+    result = _run(command)
+    assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
+
+
+@pytest.mark.parametrize("block", PY_BLOCKS)
+def test_python_blocks_run(block):
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["module"].functions
