@@ -17,11 +17,11 @@ from typing import Any, Callable, Iterator, Mapping, MutableMapping, Sequence
 
 import numpy as np
 
-from .diagnostics import MeshirError
+from .diagnostics import MeshirError, RuntimeFailure
 from .dtypes import dtype_of_numpy
 from .initializers import INITIALIZERS
 from .ir import Function, Module, Operation, Value
-from .mesh import Mesh, ValueLayout
+from .mesh import LayoutRules, Mesh, ValueLayout
 from .registry import OpDef, OpView, lookup
 from .types import TensorType
 from .verifier import verify_module
@@ -30,6 +30,7 @@ PerDevice = list[np.ndarray]
 OpObserver = Callable[[Operation, list[Any]], None]
 
 DEFAULT_INDEX_BOUND = 10
+REPLICATED = LayoutRules(())
 
 # A conversion from one kind to another is allowed when it does not lose meaning:
 # bool -> integer -> float. Going down (float -> int, int -> bool) is refused.
@@ -38,9 +39,9 @@ _NUMPY_KINDS = {"b": "bool", "u": "uint", "i": "int", "f": "float"}
 
 # Ops whose integer operand indexes a dimension: op name -> (operand index, the
 # dimension's size), so random inputs feeding them stay in range.
-_INDEX_OPERANDS: dict[str, tuple[int, Callable[[Operation], int | None]]] = {
-    "one_hot": (0, lambda op: getattr(op.attr("dim"), "size", None)),
-    "gather": (1, lambda op: op.operands[0].type.size_of(op.attr("dim")) if op.operands[0].type.has(op.attr("dim")) else None),
+_INDEX_OPERANDS: dict[str, tuple[int, Callable[[Operation], int]]] = {
+    "one_hot": (0, lambda op: op.attr("dim").size),
+    "gather": (1, lambda op: op.operands[0].type.size_of(op.attr("dim"))),
 }
 
 
@@ -168,7 +169,7 @@ class Interpreter:
         func = self.module.function(function)
         if func.is_local:
             return self.run_local(func.name, inputs, on_op=on_op)
-        env: dict[Value, np.ndarray] = dict(zip(func.args, self._bind(func, inputs, to_argument)))
+        env: dict[Value, np.ndarray] = dict(zip(func.args, _bind_inputs(func, inputs, to_argument)))
         for op in func.ops:
             view = _view(self.module, func, op, self.state)
             out = _outputs_of(_call(op, None, view.opdef.reference_fn, view, *(env[v] for v in op.operands)))
@@ -199,7 +200,7 @@ class Interpreter:
         else:
             state = local_state
             self._check_local_state(func, mesh, layouts, state)
-        env: dict[Value, PerDevice] = dict(zip(func.args, self._bind(func, inputs, partial(_per_device, mesh=mesh))))
+        env: dict[Value, PerDevice] = dict(zip(func.args, _bind_inputs(func, inputs, partial(_per_device, mesh=mesh))))
         for op in func.ops:
             results = _run_local_op(self.module, func, mesh, op, state, [env[v] for v in op.operands])
             env.update(zip(op.results, results))
@@ -210,36 +211,38 @@ class Interpreter:
                 self.state[name] = unshard(state[name], layout, mesh)
         return {name: [a.copy() for a in env[value]] for name, value in zip(output_names(func), func.returns)}
 
-    def random_inputs(self, function: str | None = None, seed: int = 0) -> dict[str, np.ndarray]:
-        """Inputs for a global function, deterministic in `seed`: floats standard normal,
-        booleans fair coins, integers uniform in [0, 10), or in [0, size) when the
-        argument directly indexes a dimension of that size (one_hot, gather)."""
-        func = self.module.function(function)
-        if func.is_local:
-            raise MeshirError(f"func @{func.name} is local; draw inputs for its global function and shard them")
-        bounds = _index_bounds(func)
-        rng = np.random.default_rng(seed)
-        return {arg.name: _draw(rng, arg.type, bounds.get(arg, DEFAULT_INDEX_BOUND)) for arg in func.args}
-
-    def _bind(self, func: Function, inputs: Mapping[str, Any] | None, convert: Callable[[Any, TensorType, str], Any]) -> list[Any]:
-        inputs = dict(inputs or {})
-        names = [arg.name for arg in func.args]
-        for name in inputs:
-            if name not in names:
-                raise MeshirError(f"func @{func.name} has no argument '{name}' (arguments: {', '.join(names) or 'none'})")
-        bound = []
-        for arg in func.args:
-            if arg.name not in inputs:
-                raise MeshirError(f"func @{func.name}: missing input '{arg.name}' of type {arg.type}")
-            bound.append(convert(inputs[arg.name], arg.type, f"func @{func.name} input '{arg.name}'"))
-        return bound
-
     def _check_local_state(self, func: Function, mesh: Mesh, layouts: dict[str, ValueLayout], state: dict[str, PerDevice]) -> None:
         for name, layout in layouts.items():
             if name not in state:
                 raise MeshirError(f"local state has no slices of variable @{name}, which func @{func.name} uses")
             variable_type = self.module.variables[name].type
             state[name] = _per_device(state[name], layout.local_type(variable_type, mesh), f"local state of variable @{name}", mesh)
+
+
+def random_inputs(function: Function, seed: int = 0) -> dict[str, np.ndarray]:
+    """Inputs for a global function, deterministic in `seed`: floats standard normal,
+    booleans fair coins, integers uniform in [0, 10), or in [0, size) when the
+    argument directly indexes a dimension of that size (one_hot, gather)."""
+    if function.is_local:
+        raise MeshirError(f"func @{function.name} is local; draw inputs for its global function and shard them")
+    bounds = _index_bounds(function)
+    rng = np.random.default_rng(seed)
+    return {arg.name: _draw(rng, arg.type, bounds.get(arg, DEFAULT_INDEX_BOUND)) for arg in function.args}
+
+
+def _bind_inputs(func: Function, inputs: Mapping[str, Any] | None, convert: Callable[[Any, TensorType, str], Any]) -> list[Any]:
+    """The function's inputs in argument order, each converted; MeshirError for a missing or unknown name."""
+    inputs = dict(inputs or {})
+    names = [arg.name for arg in func.args]
+    for name in inputs:
+        if name not in names:
+            raise MeshirError(f"func @{func.name} has no argument '{name}' (arguments: {', '.join(names) or 'none'})")
+    bound = []
+    for arg in func.args:
+        if arg.name not in inputs:
+            raise MeshirError(f"func @{func.name}: missing input '{arg.name}' of type {arg.type}")
+        bound.append(convert(inputs[arg.name], arg.type, f"func @{func.name} input '{arg.name}'"))
+    return bound
 
 
 def _view(module: Module, func: Function, op: Operation, state: Any) -> OpView:
@@ -256,7 +259,7 @@ def _call(op: Operation, device: int | None, fn: Callable[..., Any], *args: Any)
     except MeshirError as exc:
         raise MeshirError(exc.message if device is None else f"{where}: {exc.message}", exc.loc or op.loc, exc.note) from None
     except Exception as exc:
-        raise MeshirError(f"{where}: {type(exc).__name__}: {exc}", op.loc) from exc
+        raise RuntimeFailure(f"{where}: {type(exc).__name__}: {exc}", op.loc) from exc
 
 
 def _outputs_of(out: Any) -> list[Any]:
@@ -269,7 +272,7 @@ def _checked(op: Operation, index: int, array: Any, ttype: TensorType, device: i
     array = np.asarray(array)
     if array.shape != ttype.shape or array.dtype != ttype.dtype.numpy:
         where = "" if device is None else f" on device {device}"
-        raise MeshirError(
+        raise RuntimeFailure(
             f"{op.name}: the reference implementation returned {array.dtype} of shape {array.shape} for result "
             f"{index}{where}, whose type is {ttype}; this is a bug in meshir's reference for {op.name}",
             op.loc,
@@ -292,7 +295,7 @@ def _run_local_op(module: Module, func: Function, mesh: Mesh, op: Operation, sta
     results = []
     for index, (value, arrays) in enumerate(zip(op.results, per_result)):
         if len(arrays) != mesh.size:
-            raise MeshirError(f"{op.name}: the reference returned {len(arrays)} per-device arrays for a mesh of {mesh.size}; this is a bug in meshir", op.loc)
+            raise RuntimeFailure(f"{op.name}: the reference returned {len(arrays)} per-device arrays for a mesh of {mesh.size}; this is a bug in meshir", op.loc)
         results.append([_checked(op, index, a, value.type, d) for d, a in enumerate(arrays)])
     return results
 
@@ -314,8 +317,7 @@ def _storage_layouts(module: Module, func: Function) -> dict[str, ValueLayout]:
             continue
         name = op.attributes[symbol_attr].name
         variable_type = module.variables[name].type
-        rules = op.attributes.get("layout")
-        layout = rules.layout_of(variable_type) if rules is not None else ValueLayout(((),) * variable_type.rank)
+        layout = (op.attributes.get("layout") or REPLICATED).layout_of(variable_type)
         if layouts.setdefault(name, layout) != layout:
             raise MeshirError(f"{op.name}: func @{func.name} stores variable @{name} with two different layouts", op.loc)
     return layouts
@@ -326,12 +328,10 @@ def _index_bounds(func: Function) -> dict[Value, int]:
     bounds: dict[Value, int] = {}
     for op in func.ops:
         rule = _INDEX_OPERANDS.get(op.name)
-        if rule is None or len(op.operands) <= rule[0] or op.operands[rule[0]] not in args:
+        if rule is None or op.operands[rule[0]] not in args:
             continue
-        size = rule[1](op)
-        if size is not None:
-            arg = op.operands[rule[0]]
-            bounds[arg] = min(bounds.get(arg, size), size)
+        arg, size = op.operands[rule[0]], rule[1](op)
+        bounds[arg] = min(bounds.get(arg, size), size)
     return bounds
 
 
@@ -340,5 +340,5 @@ def _draw(rng: np.random.Generator, ttype: TensorType, index_bound: int) -> np.n
     if dtype.is_float:
         return rng.standard_normal(size=ttype.shape).astype(dtype.numpy)
     if dtype.is_bool:
-        return rng.random(size=ttype.shape) < 0.5
+        return np.asarray(rng.random(size=ttype.shape) < 0.5)
     return rng.integers(0, max(index_bound, 1), size=ttype.shape).astype(dtype.numpy)

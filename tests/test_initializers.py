@@ -148,8 +148,9 @@ def test_check_args_normalizes_without_filling_defaults() -> None:
     ("uniform", tensor_type(f32, a=2**16, b=2**16 + 1), {}, "initializer uniform: a random value may hold at most 2**32 elements"),
 ])
 def test_argument_errors(name: str, ttype, args: dict, message: str) -> None:
-    with pytest.raises(MeshirError, match="^" + re.escape(message)):
+    with pytest.raises(MeshirError) as error:
         INITIALIZERS[name].check_args(args, ttype)
+    assert error.value.message.startswith(message), error.value.message
 
 
 def test_the_verifier_checks_variables_through_the_initializers() -> None:

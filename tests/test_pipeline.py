@@ -163,7 +163,9 @@ def test_pipeline_of_passes_with_and_without_options(test_passes: None) -> None:
 
 def test_unknown_pass_is_named_with_the_known_ones_and_a_caret() -> None:
     message = flag_error("canonicalize,csee")
-    assert message.startswith("--passes: unknown pass 'csee' (passes: canonicalize, cse, dce")
+    listed = message.split("\n")[0]
+    assert listed == f"--passes: unknown pass 'csee' (passes: {', '.join(available_passes())})"
+    assert {"canonicalize", "cse", "dce"} <= set(listed.split("(passes: ")[1].rstrip(")").split(", "))
     assert message.split("\n")[1:] == ["  canonicalize,csee", "               ^"]
 
 
@@ -405,3 +407,23 @@ def test_pass_statistics_report_collectives_and_bytes() -> None:
         "dce: ops 7 -> 0, all_gather 1 -> 0, all_reduce 1 -> 0, all_slice 1 -> 0, all_to_all 1 -> 0, "
         "collective_permute 1 -> 0, reduce_scatter 1 -> 0, bytes[cols] 160 -> 0, bytes[rows] 96 -> 0"
     )
+
+
+def test_print_ir_after_dumps_the_module_after_the_named_pass_only() -> None:
+    out = io.StringIO()
+    module = small_module()
+    PassManager(parse_pipeline("cse,dce"), print_ir_after={"cse"}, out=out).run(module)
+    header, *body = out.getvalue().split("\n")
+    assert header == "// -----// IR Dump After cse //----- //"
+    dumped = "\n".join(body)
+    # After cse four ops remain (dce has not run yet); after dce only two.
+    assert dumped.count(" = ") == 4 and "IR Dump After dce" not in dumped
+    assert len(module.function("f").ops) == 2
+
+
+def test_print_ir_after_all_dumps_after_every_pass() -> None:
+    out = io.StringIO()
+    PassManager(parse_pipeline("cse,dce,canonicalize"), print_ir_after_all=True, out=out).run(small_module())
+    headers = [line for line in out.getvalue().splitlines() if line.startswith("// -----// IR Dump After")]
+    assert headers == [f"// -----// IR Dump After {name} //----- //" for name in ("cse", "dce", "canonicalize")]
+    assert out.getvalue().count("func @f(%x: f32[batch=4]) -> f32[batch=4]") == 3

@@ -423,8 +423,9 @@ def _softmax_cross_entropy(op: OpView, logits: np.ndarray, labels: np.ndarray) -
         peak = np.max(z, axis=axis, keepdims=True, initial=-np.inf)
         # Rows without a finite maximum (all -inf, or empty) must not shift by inf - inf.
         peak = np.where(np.isfinite(peak), peak, 0)
-        log_norm = np.log(np.sum(np.exp(z - peak), axis=axis, keepdims=True)) + peak
-        return as_dtype(-np.sum(target * (z - log_norm), axis=axis), result)
+        shifted = z - peak
+        log_softmax = shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+        return as_dtype(-np.sum(target * log_softmax, axis=axis), result)
 
 
 softmax_cross_entropy.splittable(
@@ -439,9 +440,6 @@ layer_norm = defop(
     attrs={"dims": AttrSpec(NAMES), "epsilon": AttrSpec(FLOAT, 1e-6)},
 )
 
-_PARAMETER_NAMES = ("x", "scale", "bias")
-
-
 @layer_norm.type_rule
 def _layer_norm_type(view: OpView) -> TensorType:
     x = view.operand_types[0]
@@ -451,7 +449,7 @@ def _layer_norm_type(view: OpView) -> TensorType:
     if not dims:
         raise MeshirError("layer_norm: dims must name at least one dimension to normalize over")
     require_dims(view, x, dims, "operand x")
-    for role, param in zip(_PARAMETER_NAMES[1:], view.operand_types[1:]):
+    for role, param in zip(("scale", "bias"), view.operand_types[1:]):
         for name in param.names:
             if not x.has(name):
                 raise MeshirError(f"layer_norm: {role} {param} has dimension '{name}', which x {x} does not have")
