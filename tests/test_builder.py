@@ -88,7 +88,7 @@ def test_layer_helpers_match_an_independent_numpy_transformer_layer():
     logits = np.where(np.tril(np.ones((seq, seq), bool)), logits, -1e9)
     weights = np.exp(logits - logits.max(-1, keepdims=True))
     weights /= weights.sum(-1, keepdims=True)
-    attended = xv + np.einsum("bhst,bthd,hdm->bsm", weights, v, w["attn.wo"])
+    attended = xv + np.einsum("bhst,bthd,mhd->bsm", weights, v, w["attn.wo"])
     from math import erf
 
     up = attended @ w["mlp.in.w"] + w["mlp.in.b"]

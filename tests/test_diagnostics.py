@@ -100,7 +100,7 @@ def test_non_utf8_input(tmp_path, capsys):
     model, out, argv = run_opt(tmp_path, b"mesh @m = <rows=2>\n// caf\xe9\n")
     assert opt.main(argv) == 2
     err = capsys.readouterr().err
-    assert f"{model}:2:8: error:" in err and "UTF-8" in err
+    assert f"{model}:2:7: error:" in err and "UTF-8" in err
     assert "Traceback" not in err and not out.exists()
 
 
