@@ -143,17 +143,14 @@ _DESCRIBED = {
     "INT": "an integer",
     "FLOAT": "a number",
     "STRING": "a quoted string",
-    "RETURN": "'return'",
-    "TYPE_COLON": "':'",
 }
-# When the coarse terminal is expected, it and the others listed read as one thing.
+# When the first terminal is expected, it and the others listed read as one thing.
 _GROUPS = (
     ("TYPE", {"TYPE", "IDENT"}, "a type like f32[batch=8]"),
-    ("ATOM_LIST", {"ATOM_LIST", "INT", "FLOAT", "STRING", "IDENT", "SYMBOL", "LSQB", "LBRACE"}, "an attribute value"),
-    ("OPERANDS", {"OPERANDS", "LPAR", "SYMBOL"}, "operands like (%x, %y)"),
-    ("RESULTS", {"RESULTS", "VALUE", "IDENT"}, "an op"),
+    ("FLOAT", {"INT", "FLOAT", "STRING", "IDENT", "SYMBOL", "LSQB", "LBRACE"}, "an attribute value"),
+    ("OP_LINE", {"OP_LINE", "VALUE", "IDENT"}, "an op"),
 )
-_PUNCTUATION_ORDER = [",", ")", "]", "}", ">", "=", ":", "->", "(", "[", "{", "<"]
+_ORDER = [",", ")", "]", "}", ">", "=", ":", "->", "(", "[", "{", "<", "mesh", "layout", "var", "func", "attributes"]
 
 
 def describe_expected(lexer: ContextualLexer, expected) -> str:
@@ -163,12 +160,11 @@ def describe_expected(lexer: ContextualLexer, expected) -> str:
     for trigger, members, phrase in _GROUPS:
         if trigger in names:
             names -= members
-            phrases.append((50, phrase))
+            phrases.append((35, phrase))
     for name in names:
         if name in lexer.literals and name not in _DESCRIBED:
             literal = lexer.literals[name]
-            rank = _PUNCTUATION_ORDER.index(literal) if literal in _PUNCTUATION_ORDER else 40
-            phrases.append((rank, f"'{literal}'"))
+            phrases.append((_ORDER.index(literal) if literal in _ORDER else 40, f"'{literal}'"))
         else:
             phrases.append((60, _DESCRIBED.get(name, name)))
     if not phrases:
@@ -183,7 +179,7 @@ def _after(previous: Token | None, expected) -> str:
     kind = previous.type
     if kind == "VALUE" and "RPAR" in expected and "COMMA" in expected:
         return " after an operand"
-    coarse = {"TYPE": "a type", "OPERANDS": "the operands", "RESULTS": "the result names", "ATOM_LIST": "a list"}
+    coarse = {"TYPE": "a type", "OP_LINE": "an op"}
     if kind in coarse:
         return f" after {coarse[kind]}"
     return f" after '{previous}'"
