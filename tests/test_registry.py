@@ -60,3 +60,12 @@ def test_rule_table(capsys):
     for name, rules in sorted(table.items()):
         print(f"{name:24} {' '.join(rules)}")
     assert all("type" in r and "reference" in r for r in table.values())
+
+
+def test_generated_op_reference_is_current():
+    from pathlib import Path
+
+    from meshir.tools.opdocs import render
+
+    docs = Path(__file__).resolve().parent.parent / "docs" / "ops.md"
+    assert docs.read_text() == render(), "docs/ops.md is stale: python -m meshir.tools.opdocs > docs/ops.md"
