@@ -137,9 +137,11 @@ def verify_function(module: Module, function: Function) -> None:
         if value.name in names:
             raise _at(function.loc, f"func @{function.name}: argument %{value.name} defined twice")
         names.add(value.name)
+    # Layouts depend only on the type, so each distinct type is checked once.
+    divisible: set[TensorType] = set()
     if mesh is not None and layout is not None:
         for value in function.args:
-            _check_divisible(layout, mesh, value.type, function.loc, f"argument %{value.name}")
+            _check_divisible(layout, mesh, value.type, function.loc, f"argument %{value.name}", divisible)
     for op in function.ops:
         for index, operand in enumerate(op.operands):
             if operand not in defined:
@@ -154,7 +156,7 @@ def verify_function(module: Module, function: Function) -> None:
             elif value.type != ttype:
                 raise _at(op.loc, f"{op.name}: result %{value.name} is declared {value.type} but the op produces {ttype}")
             if mesh is not None and layout is not None:
-                _check_divisible(layout, mesh, ttype, op.loc, f"%{value.name} = {op.name}")
+                _check_divisible(layout, mesh, ttype, op.loc, f"%{value.name} = {op.name}", divisible)
         defined.update(op.results)
     if len(function.returns) != len(function.result_types):
         raise _at(function.return_loc or function.loc, f"func @{function.name} declares {_count(len(function.result_types), 'result')} but returns {len(function.returns)}")
@@ -169,8 +171,11 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def _check_divisible(layout: LayoutRules, mesh: Mesh, ttype: TensorType, loc: Location | None, what: str) -> None:
+def _check_divisible(layout: LayoutRules, mesh: Mesh, ttype: TensorType, loc: Location | None, what: str, checked: set[TensorType]) -> None:
+    if ttype in checked:
+        return
     try:
         layout.layout_of(ttype).local_type(ttype, mesh)
     except MeshirError as exc:
         raise _at(loc, f"{what}: {exc.message}") from None
+    checked.add(ttype)

@@ -9,7 +9,7 @@ patterns themselves come from grammar.lark.
 from __future__ import annotations
 
 import re
-from typing import Iterator
+from typing import Any, Callable, Collection, Iterator
 
 from lark.lexer import Lexer, LexerState, PatternStr, Token
 
@@ -33,14 +33,14 @@ class LexInput:
 
 
 class _Scanner:
-    """The terminals one parser state accepts, as one alternation regex."""
+    """The terminals one parser state accepts, as one alternation regex, and
+    the keywords it accepts (matched as IDENT, then renamed)."""
 
-    __slots__ = ("match", "keywords", "ident_ok")
+    __slots__ = ("match", "keywords")
 
-    def __init__(self, match, keywords: dict[str, str], ident_ok: bool):
+    def __init__(self, match: Callable[..., re.Match | None], keywords: dict[str, str]):
         self.match = match
         self.keywords = keywords
-        self.ident_ok = ident_ok
 
 
 class ContextualLexer(Lexer):
@@ -77,11 +77,11 @@ class ContextualLexer(Lexer):
             wanted = accepts | {"IDENT"} if keywords else accepts
             parts = [f"(?P<{t.name}>{t.pattern.to_regexp()})" for t in self._terminals if t.name in wanted]
             pattern = re.compile("|".join(parts)) if parts else re.compile(r"(?!)")
-            scanner = _Scanner(pattern.match, keywords, "IDENT" in accepts)
+            scanner = _Scanner(pattern.match, keywords)
             self._by_accepts[accepts] = scanner
         return scanner
 
-    def _scanner_for_state(self, states, state: int) -> _Scanner:
+    def _scanner_for_state(self, states: dict[int, dict[str, Any]], state: int) -> _Scanner:
         scanner = self._scanner(frozenset(name for name in states[state] if name.isupper()))
         self._by_state[state] = scanner
         return scanner
@@ -153,8 +153,8 @@ _GROUPS = (
 _ORDER = [",", ")", "]", "}", ">", "=", ":", "->", "(", "[", "{", "<", "mesh", "layout", "var", "func", "attributes"]
 
 
-def describe_expected(lexer: ContextualLexer, expected) -> str:
-    """'',' or ')'' from a set of terminal names."""
+def describe_expected(lexer: ContextualLexer, expected: Collection[str]) -> str:
+    """Words for what the parser would take, as in `',' or ')'`, from terminal names."""
     names = {n for n in expected if n.isupper() and n != "$END"}
     phrases: list[tuple[int, str]] = []
     for trigger, members, phrase in _GROUPS:
@@ -173,7 +173,7 @@ def describe_expected(lexer: ContextualLexer, expected) -> str:
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
 
 
-def _after(previous: Token | None, expected) -> str:
+def _after(previous: Token | None, expected: Collection[str]) -> str:
     if previous is None:
         return ""
     kind = previous.type
@@ -182,32 +182,24 @@ def _after(previous: Token | None, expected) -> str:
     coarse = {"TYPE": "a type", "OP_LINE": "an op"}
     if kind in coarse:
         return f" after {coarse[kind]}"
-    return f" after '{previous}'"
+    return f" after {_found(previous)}"
 
 
-def found_text(token: Token) -> str:
+def _found(token: Token) -> str:
     if token.type == "$END":
         return "the end of the input"
     text = str(token)
     return f"'{text}'" if len(text) <= 40 else f"'{text[:37]}...'"
 
 
-def syntax_error(lexer: ContextualLexer, token: Token, expected, source_input: LexInput) -> MeshirError:
+def syntax_error(lexer: ContextualLexer, token: Token, expected: Collection[str], source_input: LexInput) -> MeshirError:
     """The MeshirError for the parser refusing `token` (lark's UnexpectedToken)."""
     source = source_input.source
-    if token.type == "$END":
+    if token.type == "$END":  # empty input is a module, so some token came before; point just after it
         previous = source_input.last
-        loc = _end_location(source, source_input)
+        loc = Location(source, previous.line, previous.column + len(previous))
     else:
         previous = source_input.before_last
         loc = Location(source, token.line, token.column)
-    return MeshirError(f"expected {describe_expected(lexer, expected)}{_after(previous, expected)}, found {found_text(token)}", loc)
+    return MeshirError(f"expected {describe_expected(lexer, expected)}{_after(previous, expected)}, found {_found(token)}", loc)
 
-
-def _end_location(source: Source, source_input: LexInput) -> Location:
-    """Just after the last token, so the caret lands on a line with text."""
-    last = source_input.last
-    if last is None:
-        text = source.text
-        return Location(source, text.count("\n", 0, source_input.start) + 1, 1)
-    return Location(source, last.line, last.column + len(last))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import gc
 import json
 import re
+import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,10 +43,11 @@ _TYPE_TEXT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\[[^\]]*\]")
 # The parts of an OP_LINE token; the lexer has already checked its syntax.
 _OP_PARTS = re.compile(
     r"(?:(?P<results>%[^=]*)=[ \t]*)?(?P<name>[A-Za-z_][A-Za-z0-9_]*)[ \t]*(?P<operands>\([^)]*\)|@[^{:]*)"
-    r"[ \t]*(?P<attrs>\{[^}]*\})?[ \t]*(?::[ \t]*(?P<types>.*))?\Z"
+    r"[ \t]*(?P<attrs>\{[^}]*\})?[ \t]*(?:(?P<colon>:)[ \t]*(?P<types>.*))?\Z"
 )
 _COARSE_ATTR = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)[ \t]*=[ \t]*(\[[^\]]*\]|[^,}]+)")
 _SIZED_NAME = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)[ \t]*=[ \t]*([0-9]+)")
+_DIGITS = re.compile(r"[+-]?[0-9]+\Z")
 _KNOWN_DTYPES = ", ".join(DTYPES)
 
 
@@ -133,6 +135,7 @@ def _parse(source: Source, start: int, end: int) -> Module:
         if _parser is None:
             _builder = _ModuleBuilder()
             grammar = (Path(__file__).parent / "grammar.lark").read_text()
+            # Not cache=True: it would unpickle a file at a predictable path in /tmp to save ~0.1 s.
             _parser = Lark(grammar, parser="lalr", lexer=ContextualLexer, transformer=_builder, maybe_placeholders=True)
         source_input = LexInput(source, start, end)
         module = _builder.begin(source)
@@ -140,6 +143,10 @@ def _parse(source: Source, start: int, end: int) -> Module:
             _parser.parse(source_input)
         except UnexpectedToken as exc:
             raise syntax_error(_parser.parser.lexer, exc.token, exc.expected, source_input) from None
+        except MeshirError as exc:
+            if exc.loc is None and source_input.last is not None:  # a check without a position: the token at hand
+                exc.loc = Location(source, source_input.last.line, source_input.last.column)
+            raise
         except LarkError as exc:  # lark reports nothing else for this grammar; never show a traceback
             raise MeshirError(f"cannot parse {source.name}: {exc}") from None
         finally:
@@ -166,18 +173,23 @@ def _scalar(text: str) -> Any:
     if first == "@":
         return SymbolRef(text[1:])
     if first in "+-.0123456789":
-        try:
-            return int(text)
-        except ValueError:
-            return float(text)
+        return _int(text) if _DIGITS.match(text) else float(text)
     return _atom(text)
+
+
+def _int(text: str) -> int:
+    """An integer literal; Python refuses to convert very long ones, so say so here."""
+    limit = sys.get_int_max_str_digits()
+    if limit and len(text) > limit:
+        raise MeshirError(f"integer literal of {len(text)} digits is too long (at most {limit})")
+    return int(text)
 
 
 def _atom(text: str) -> Any:
     """A bare word or `name=size` in attribute position."""
     if "=" in text:
         name, size = text.split("=")
-        return Dim(name.strip(), int(size))
+        return Dim(name.strip(), _int(size.strip()))
     if text == "true":
         return True
     if text == "false":
@@ -189,10 +201,11 @@ def _atom(text: str) -> Any:
 
 
 class _ModuleBuilder(Transformer):
-    """lark callbacks, one per rule, each given the rule's children (None for
-    an absent optional part): each builds its part of the IR as lark reduces it.
-    Methods take the children list rather than using `v_args(inline=True)`,
-    which costs two calls more per reduction."""
+    """lark callbacks: one per rule, given the rule's children (None for an
+    absent optional part) when lark reduces it, and one per coarse terminal
+    (OP_LINE, TYPE), given the token when lark shifts it. Together they build
+    the IR in source order. Methods take the children list rather than using
+    `v_args(inline=True)`, which costs two calls more per reduction."""
 
     def begin(self, source: Source) -> Module:
         self._source = source
@@ -223,11 +236,14 @@ class _ModuleBuilder(Transformer):
     def start(self, items: list[None]) -> None:
         return None
 
+    def mesh_axis(self, children: list) -> tuple[Token, Token]:
+        return children[0], children[1]
+
     def mesh_decl(self, children: list) -> None:
         symbol, *axes = children
         name, loc = self._define_symbol(symbol)
         pairs = [a for a in axes if a is not None]
-        dims = [Dim(n.value, int(s)) for n, s in pairs]
+        dims = [Dim(n.value, _int(s)) for n, s in pairs]
         self._module.meshes[name] = _located(lambda d: Mesh(name, tuple(d)), dims, [self._loc(n) for n, _ in pairs], loc)
 
     def layout_decl(self, children: list) -> None:
@@ -293,8 +309,11 @@ class _ModuleBuilder(Transformer):
     # Ops
 
     def op_line(self, children: list) -> None:
-        """A whole op on one line (the OP_LINE terminal), taken apart by regex."""
-        token = children[0]
+        return None
+
+    def OP_LINE(self, token: Token) -> None:  # noqa: N802 (lark calls terminal callbacks by the terminal's name)
+        """A whole op on one line, taken apart by regex. As a terminal callback it runs
+        when lark shifts the token, so its errors come before any in later tokens."""
         parts = _OP_PARTS.match(token)
         name = parts["name"]
         values = self._values
@@ -314,10 +333,9 @@ class _ModuleBuilder(Transformer):
         names = _VALUE_NAME.findall(results) if results is not None else []
         types: list[TensorType | None] = [None] * len(names)
         if parts["types"] is not None:
-            colon = self._loc(token, parts.start("types") - 1)
             types = [self._type_text(m.group(), token, parts.start("types") + m.start()) for m in _TYPE_TEXT.finditer(parts["types"])]
             if len(types) != len(names):
-                raise MeshirError(_count_mismatch(name, len(names), len(types)), colon)
+                raise MeshirError(_count_mismatch(name, len(names), len(types)), self._loc(token, parts.start("colon")))
         self._add_op(name, operand_values, attributes, types, names, self._loc(token, parts.start("name")),
                      lambda n: self._loc(token, parts.start("results") + _name_position(results, n)))
 
@@ -395,12 +413,13 @@ class _ModuleBuilder(Transformer):
 
     def _coarse_attributes(self, token: Token, offset: int, text: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
+        starts: dict[str, int] = {}
         for match in _COARSE_ATTR.finditer(text):
             key, value = match.group(1), match.group(2)
             if key in out:
-                first = offset + text.index(key)
-                raise MeshirError(f"duplicate attribute '{key}' (first given at {self._loc(token, first)})",
-                                  self._loc(token, offset + match.start()))
+                first = self._loc(token, offset + starts[key])
+                raise MeshirError(f"duplicate attribute '{key}' (first given at {first})", self._loc(token, offset + match.start()))
+            starts[key] = match.start()
             if value[0] == "[":
                 inner = value[1:-1].strip()
                 out[key] = tuple(_scalar(part.strip()) for part in inner.split(",")) if inner else ()
@@ -411,7 +430,10 @@ class _ModuleBuilder(Transformer):
     # Types
 
     def coarse_type(self, children: list) -> TensorType:
-        return self._type_text(children[0].value, children[0], 0)
+        return children[0]
+
+    def TYPE(self, token: Token) -> TensorType:  # noqa: N802 (a terminal callback, run when lark shifts the token)
+        return self._type_text(token.value, token, 0)
 
     def _type_text(self, text: str, token: Token, offset: int) -> TensorType:
         """The type spelled `text` (TYPE syntax), at `offset` in `token`; cached per parse."""
@@ -420,7 +442,7 @@ class _ModuleBuilder(Transformer):
             bracket = text.index("[")
             dtype = self._dtype(text[:bracket], self._loc(token, offset))
             matches = list(_SIZED_NAME.finditer(text, bracket))
-            dims = [Dim(m.group(1), int(m.group(2))) for m in matches]
+            dims = [Dim(m.group(1), _int(m.group(2))) for m in matches]
             locs = [self._loc(token, offset + m.start()) for m in matches]
             ttype = _located(lambda d: TensorType(dtype, tuple(d)), dims, locs, self._loc(token, offset))
             self._types[text] = ttype
@@ -430,7 +452,7 @@ class _ModuleBuilder(Transformer):
         dtype_token, *dims = children
         dtype = self._dtype(dtype_token.value, self._loc(dtype_token))
         pairs = [d for d in dims if d is not None]
-        sized = [Dim(n.value, int(s)) for n, s in pairs]
+        sized = [Dim(n.value, _int(s)) for n, s in pairs]
         return _located(lambda d: TensorType(dtype, tuple(d)), sized, [self._loc(n) for n, _ in pairs], self._loc(dtype_token))
 
     def _dtype(self, text: str, loc: Location) -> DType:
@@ -463,7 +485,7 @@ class _ModuleBuilder(Transformer):
         return children[0], children[1]
 
     def int_value(self, children: list) -> int:
-        return int(children[0])
+        return _int(children[0])
 
     def float_value(self, children: list) -> float:
         return float(children[0])
@@ -479,7 +501,7 @@ class _ModuleBuilder(Transformer):
         return _atom(children[0].value)
 
     def dim_value(self, children: list) -> Dim:
-        return Dim(children[0].value, int(children[1]))
+        return Dim(children[0].value, _int(children[1]))
 
     def symbol_value(self, children: list) -> SymbolRef:
         return SymbolRef(children[0][1:])
