@@ -93,8 +93,9 @@ class OpDef:
         return fn
 
     def splittable(self, fn: Callable[[OpView], frozenset[str]] | str) -> None:
-        """`"all"`, `"none"`, or a function of the op giving the dimensions that
-        may stay split without communication."""
+        """`"all"`, `"none"`, or a function of the op giving the dimensions a
+        device may keep split: the op applied to each device's blocks (with
+        size attributes made local) gives that device's block of the result."""
         self.splittable_fn = fn
 
     def gradient(self, fn: Callable[..., Any] | str) -> None:

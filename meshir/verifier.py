@@ -139,7 +139,8 @@ def verify_function(module: Module, function: Function) -> None:
         names.add(value.name)
     # Layouts depend only on the type, so each distinct type is checked once.
     divisible: set[TensorType] = set()
-    if mesh is not None and layout is not None:
+    check_splits = mesh is not None and layout is not None and not function.is_local
+    if check_splits:
         for value in function.args:
             _check_divisible(layout, mesh, value.type, function.loc, f"argument %{value.name}", divisible)
     for op in function.ops:
@@ -155,7 +156,7 @@ def verify_function(module: Module, function: Function) -> None:
                 value.type = ttype
             elif value.type != ttype:
                 raise _at(op.loc, f"{op.name}: result %{value.name} is declared {value.type} but the op produces {ttype}")
-            if mesh is not None and layout is not None:
+            if check_splits:
                 _check_divisible(layout, mesh, ttype, op.loc, f"%{value.name} = {op.name}", divisible)
         defined.update(op.results)
     if len(function.returns) != len(function.result_types):

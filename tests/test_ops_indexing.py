@@ -52,7 +52,7 @@ def test_one_hot_defaults_to_f32_and_takes_unsigned_indices() -> None:
 def test_one_hot_errors_and_splits() -> None:
     expect_error("one_hot: operand 0 must have an integer dtype, got f32", "one_hot", [tensor_type(f32, n=2)], dim=Dim("k", 3))
     expect_error("one_hot: dimension 'n' already exists in i32[n=2]", "one_hot", [tensor_type(i32, n=2)], dim=Dim("n", 3))
-    assert splittable("one_hot", [tensor_type(i32, n=2)], dim=Dim("k", 3)) == {"n", "k"}
+    assert splittable("one_hot", [tensor_type(i32, n=2)], dim=Dim("k", 3)) == {"n"}
 
 
 # ---------------------------------------------------------------------------- gather
@@ -169,4 +169,4 @@ def test_iota_errors_and_splits() -> None:
     expect_error("iota: dtype must be numeric, got bool", "iota", [], shape=shape, dim=N("a"), dtype=bool_)
     expect_error("iota: dimension 'b' has size 300, but u8 counts only up to 255", "iota", [], shape=shape, dim=N("b"), dtype=u8)
     assert infer("iota", [], shape=(Dim("b", 256),), dim=N("b"), dtype=u8) == [tensor_type(u8, b=256)]
-    assert splittable("iota", [], shape=shape, dim=N("a")) == {"a", "b"}
+    assert splittable("iota", [], shape=shape, dim=N("a")) == {"b"}

@@ -110,7 +110,8 @@ def _constant(op: OpView) -> np.ndarray:
     return np.array(value).astype(result.dtype.numpy).reshape(result.shape)
 
 
-constant.splittable("all")
+# The literal is the whole value; a block of it is a different literal.
+constant.splittable("none")
 
 
 def _filled(name: str, doc: str, fill: int | None) -> None:

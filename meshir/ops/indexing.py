@@ -37,7 +37,8 @@ def _one_hot(op: OpView, indices: np.ndarray) -> np.ndarray:
     return as_dtype(indices.astype(np.int64)[..., None] == classes, op.result_types[0])
 
 
-one_hot.splittable("all")
+# A block of classes would need this device's offset into the vocabulary.
+one_hot.splittable(lambda view: frozenset(view.operand_types[0].names))
 
 
 def _gather_type_of(view: OpView, x: TensorType, indices: TensorType) -> TensorType:
@@ -166,4 +167,5 @@ def _iota(op: OpView) -> np.ndarray:
     return np.array(np.broadcast_to(coords, result.shape), dtype=result.dtype.numpy)
 
 
-iota.splittable("all")
+# Values are coordinates along `dim`: a block of it would count from zero.
+iota.splittable(lambda view: frozenset(d.name for d in view.attr("shape") if d.name != view.attr("dim")))

@@ -323,7 +323,8 @@ def _dropout(op: OpView, x: np.ndarray, *step: np.ndarray) -> np.ndarray:
     return as_dtype(np.where(keep, scaled, wide.type(0)), result)
 
 
-dropout.splittable("all")
+# Draws depend on each element's global index, which a block does not know.
+dropout.splittable("none")
 
 
 def _random_type(range_check):
@@ -386,7 +387,7 @@ for _name, _params, _check, _fn, _doc in (
     )
     _random_op.type_rule(_random_type(_check))
     _random_op.reference(_fn)
-    _random_op.splittable("all")
+    _random_op.splittable("none")
 
 
 # ---------------------------------------------------------------------------- losses and norms

@@ -1,0 +1,69 @@
+"""`spmd`: turn each global function with a mesh into the local program of one
+device: per-device types and every communication an explicit collective."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from meshir.attributes import SymbolRef
+from meshir.diagnostics import MeshirError
+from meshir.ir import Function, Module, Value
+from meshir.mesh import LayoutRules, Mesh
+
+from ..base import Pass, register_pass
+from ..layout import value_layouts
+from .rules import LowerContext, register_rules
+from .sharded import LocalBuilder, Sharded, relayout
+
+
+def partition(module: Module, function: Function, mesh: Mesh) -> Function:
+    """The local program of `function` on `mesh`: arguments and results arrive and
+    leave laid out by the function's rules, so callers split and assemble them."""
+    layouts = value_layouts(module, function)
+    rules = module.layout_of(function) or LayoutRules(())
+    args = [Value(layouts[a].local_type(a.type, mesh), a.name) for a in function.args]
+    local = Function(function.name, args, [], attributes={"spmd": SymbolRef(mesh.name), "layout": rules},
+                     loc=function.loc, return_loc=function.return_loc)
+    builder = LocalBuilder(module, local, mesh)
+    context = LowerContext(builder, module, function, mesh, layouts)
+    env: dict[Value, Sharded] = {g: Sharded(l, layouts[g], g.type) for g, l in zip(function.args, args)}
+    for op in function.ops:
+        rule = op.opdef.lowerings["spmd"]
+        try:
+            results = rule(context, op, [env[v] for v in op.operands])
+        except MeshirError as exc:
+            raise MeshirError(exc.message, exc.loc or op.loc) from None
+        env.update(zip(op.results, results))
+    local.returns = [relayout(builder, env[v], layouts[v]).value for v in function.returns]
+    local.result_types = [v.type for v in local.returns]
+    _name_returns_like_the_global_function(local, function)
+    return local
+
+
+def _name_returns_like_the_global_function(local: Function, function: Function) -> None:
+    """Outputs are keyed by returned names, so a returned value keeps its global name;
+    a local value already holding that name (say the partial sum before the
+    all_reduce that completes it) is renamed out of the way."""
+    for local_value, global_value in zip(local.returns, function.returns):
+        if local_value.name == global_value.name:
+            continue
+        for other in local.values():
+            if other.name == global_value.name:
+                other.name = f"{global_value.name}_local"
+        local_value.name = global_value.name
+
+
+register_rules()
+
+
+@register_pass
+@dataclass(frozen=True)
+class Spmd(Pass):
+    name: ClassVar[str] = "spmd"
+
+    def run(self, module: Module) -> None:
+        for name, function in list(module.functions.items()):
+            mesh = module.mesh_of(function)
+            if function.is_local or mesh is None:
+                continue
+            module.functions[name] = partition(module, function, mesh)
