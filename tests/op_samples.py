@@ -98,7 +98,7 @@ SAMPLES: dict[str, list[Sample]] = {
         S(X, attrs="{dim = b, begin = 8, size = 8}"),  # aligned with a 2-way split
         S(X, attrs="{dim = a, begin = 1, size = 5}"),  # a size no split divides
     ],
-    "concat": [S("x: f32[a=8, b=8]", X, attrs="{dim = b}"), S("x: f32[a=8, b=16]", "y: f32[a=8, b=16]", "z: f32[a=8, b=8]", attrs="{dim = a}")],
+    "concat": [S("x: f32[a=8, b=8]", "y: f32[a=8, b=16]", attrs="{dim = b}"), S("x: f32[a=8, b=16]", "y: f32[a=8, b=16]", "z: f32[a=16, b=16]", attrs="{dim = a}")],
     "split": [S("x: f32[a=8, b=24]", attrs="{dim = b, sizes = [8, 16]}"), S(X, attrs="{dim = a, sizes = [3, 5]}")],
     "pad": [S("x: f32[a=8, b=8]", attrs="{dim = b, low = 3, high = 5, value = 1.5}"), S(X, attrs="{dim = a, low = 0, high = 8}")],
     "stack": [S("x: f32[a=8]", "y: f32[a=8]", attrs="{dim = s}"), S(X, "y: f32[a=8, b=16]", attrs="{dim = s, axis = 2}")],

@@ -21,7 +21,7 @@ from meshir.diagnostics import MeshirError
 from meshir.ir import Function, Module, Operation, Value
 from meshir.mesh import Mesh, ValueLayout
 from meshir.ops.contraction import matmul_output
-from meshir.registry import OpView, all_ops
+from meshir.registry import OpView
 from meshir.types import Dim
 
 from ..layout import as_rules, without_trivial_axes
@@ -239,8 +239,3 @@ SPECIAL_RULES: dict[str, Rule] = {
     "transfer": transfer_rule,
 }
 
-
-def register_rules() -> None:
-    for opdef in all_ops():
-        if not opdef.local_only:
-            opdef.lower("spmd", SPECIAL_RULES.get(opdef.name, generic_rule))

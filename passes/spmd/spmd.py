@@ -9,10 +9,12 @@ from meshir.attributes import SymbolRef
 from meshir.diagnostics import MeshirError
 from meshir.ir import Function, Module, Value
 from meshir.mesh import LayoutRules, Mesh
+from meshir.registry import all_ops
 
 from ..base import Pass, register_pass
 from ..layout import value_layouts
-from .rules import LowerContext, register_rules
+from .indexing_rules import INDEXING_RULES
+from .rules import SPECIAL_RULES, LowerContext, generic_rule
 from .sharded import LocalBuilder, Sharded, relayout
 
 
@@ -51,6 +53,14 @@ def _name_returns_like_the_global_function(local: Function, function: Function) 
             if other.name == global_value.name:
                 other.name = f"{global_value.name}_local"
         local_value.name = global_value.name
+
+
+def register_rules() -> None:
+    """Every global op gets its lowering: a special rule, or the generic one."""
+    special = {**SPECIAL_RULES, **INDEXING_RULES}
+    for opdef in all_ops():
+        if not opdef.local_only:
+            opdef.lower("spmd", special.get(opdef.name, generic_rule))
 
 
 register_rules()
