@@ -53,7 +53,7 @@ MESHES = (
     Mesh("m", (Dim("rows", 2), Dim("cols", 2))),
     Mesh("m", (Dim("rows", 2), Dim("cols", 4))),
 )
-CAP = 24  # layouts per (sample, mesh) beyond which a spread subset is run
+CAP = 64  # layouts per (sample, mesh) beyond which a spread subset is run
 
 # Random draws are keyed by global coordinates, so every layout must give the same bits.
 BIT_EXACT_OPS = frozenset({"random_uniform", "random_normal", "dropout"})

@@ -80,7 +80,7 @@ def _window_slices(ndim: int, axes: Sequence[int], offsets: Sequence[int], outpu
 # ---------------------------------------------------------------------------- convolutions
 
 
-def _conv_geometry(view: OpView, rank: int) -> list[tuple[int, int, int]]:
+def conv_geometry(view: OpView, rank: int) -> list[tuple[int, int, int]]:
     """Check a convolution's operands and attributes; per spatial dimension (out, low, high)."""
     x, kernel = view.operand_types
     require_same_dtype(view, [x, kernel])
@@ -119,7 +119,7 @@ def _conv_geometry(view: OpView, rank: int) -> list[tuple[int, int, int]]:
 def _conv_type(rank: int):
     def rule(view: OpView) -> TensorType:
         x, kernel = view.operand_types
-        geometry = _conv_geometry(view, rank)
+        geometry = conv_geometry(view, rank)
         out_sizes = dict(zip(view.attr("spatial"), (out for out, _, _ in geometry)))
         cin, cout = view.attr("in_channels"), view.attr("out_channels")
         dims = [
@@ -135,7 +135,7 @@ def _conv_reference(rank: int):
     def reference(op: OpView, x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
         x_type, kernel_type = op.operand_types
         result = op.result_types[0]
-        geometry = _conv_geometry(op, rank)
+        geometry = conv_geometry(op, rank)
         spatial, kernel_dims = op.attr("spatial"), op.attr("kernel_dims")
         cin, cout = op.attr("in_channels"), op.attr("out_channels")
         batch = [n for n in x_type.names if n not in spatial and n != cin]

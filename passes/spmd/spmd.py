@@ -13,6 +13,7 @@ from meshir.registry import all_ops
 
 from ..base import Pass, register_pass
 from ..layout import value_layouts
+from .halo_rules import HALO_RULES
 from .indexing_rules import INDEXING_RULES
 from .rules import SPECIAL_RULES, LowerContext, generic_rule
 from .softmax_rules import SOFTMAX_RULES
@@ -58,7 +59,7 @@ def _name_returns_like_the_global_function(local: Function, function: Function) 
 
 def register_rules() -> None:
     """Every global op gets its lowering: a special rule, or the generic one."""
-    special = {**SPECIAL_RULES, **INDEXING_RULES, **SOFTMAX_RULES}
+    special = {**SPECIAL_RULES, **INDEXING_RULES, **SOFTMAX_RULES, **HALO_RULES}
     for opdef in all_ops():
         if not opdef.local_only:
             opdef.lower("spmd", special.get(opdef.name, generic_rule))

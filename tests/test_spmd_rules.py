@@ -1,0 +1,112 @@
+"""The spmd pass's special rules, simulated on every device against the reference:
+halo exchange, split vocabularies, split softmax, lazy partial sums."""
+import numpy as np
+import pytest
+
+from .spmd_check import check_text
+
+
+def ops_of(local) -> list[str]:
+    return [op.name for op in local.ops]
+
+
+@pytest.mark.parametrize("offset", [-3, -1, 1, 2, 4])
+@pytest.mark.parametrize("wrap", [False, True])
+def test_shift_along_a_split_dim_exchanges_halos(offset, wrap):
+    text = f"""mesh @m = <rows=2, cols=4>
+func @f(%x: f32[a=16, b=4]) -> f32[a=16, b=4] attributes {{mesh = @m, layout = {{a: cols, b: rows}}}} {{
+  %y = shift(%x) {{dim = a, offset = {offset}, wrap = {str(wrap).lower()}}}
+  return %y
+}}
+"""
+    local = check_text(text, None, None)
+    assert "collective_permute" in ops_of(local) and "all_gather" not in ops_of(local)
+
+
+def test_shift_wider_than_a_block_falls_back_to_gathering():
+    text = """mesh @m = <cols=4>
+func @f(%x: f32[a=8]) -> f32[a=8] attributes {mesh = @m, layout = {a: cols}} {
+  %y = shift(%x) {dim = a, offset = 5}
+  return %y
+}
+"""
+    assert "all_gather" in ops_of(check_text(text, None, None))
+
+
+@pytest.mark.parametrize("layout", ["h:cols", "h:cols,w:rows", "w:cols,batch:rows", "h:cols,cout:rows"])
+@pytest.mark.parametrize("kernel,dilation", [(3, 1), (5, 1), (3, 2), (2, 1)])
+def test_same_convolution_over_split_spatial_dims_exchanges_halos(layout, kernel, dilation):
+    text = f"""mesh @m = <rows=2, cols=4>
+func @f(%x: f32[batch=2, h=16, w=8, cin=3], %k: f32[kh={kernel}, kw=3, cin=3, cout=4]) -> f32[batch=2, h=16, w=8, cout=4]
+    attributes {{mesh = @m, layout = {{{layout}}}}} {{
+  %y = conv2d(%x, %k) {{spatial = [h, w], kernel_dims = [kh, kw], in_channels = cin, out_channels = cout, padding = same, dilation = [{dilation}, 1]}}
+  return %y
+}}
+"""
+    local = check_text(text, None, None, rtol=1e-4, atol=1e-4)
+    assert "collective_permute" in ops_of(local)
+    assert not any(op.name == "all_gather" and op.attributes["dim"] in ("h", "w") for op in local.ops)
+
+
+def test_strided_convolution_over_a_split_dim_still_matches():
+    text = """mesh @m = <cols=2>
+func @f(%x: f32[n=1, t=16, c=2], %k: f32[kt=3, c=2, o=2]) -> f32[n=1, t=8, o=2] attributes {mesh = @m, layout = {t: cols}} {
+  %y = conv1d(%x, %k) {spatial = [t], kernel_dims = [kt], in_channels = c, out_channels = o, strides = [2], padding = same}
+  return %y
+}
+"""
+    check_text(text, None, None, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("layout", ["vocab:cols", "vocab:(rows,cols)", "vocab:rows,batch:cols", "hidden:cols,vocab:rows"])
+def test_gather_and_scatter_add_over_a_split_vocabulary(layout):
+    text = f"""mesh @m = <rows=2, cols=4>
+func @f(%table: f32[vocab=16, hidden=8], %ids: i32[batch=8], %up: f32[batch=8, hidden=8]) -> (f32[batch=8, hidden=8], f32[vocab=16, hidden=8], f32[batch=8, vocab=16], i32[vocab=16])
+    attributes {{mesh = @m, layout = {{{layout}}}}} {{
+  %rows = gather(%table, %ids) {{dim = vocab}}
+  %grads = scatter_add(%table, %ids, %up) {{dim = vocab}}
+  %hot = one_hot(%ids) {{dim = vocab=16}}
+  %pos = iota() {{shape = [vocab=16], dim = vocab}}
+  return %rows, %grads, %hot, %pos
+}}
+"""
+    rng = np.random.default_rng(0)
+    inputs = {"table": rng.standard_normal((16, 8)).astype(np.float32),
+              "ids": np.array([0, 15, 3, 3, 8, 20, -1, 7], np.int32),
+              "up": rng.standard_normal((8, 8)).astype(np.float32)}
+    from meshir.frontends.text import parse_module
+
+    from .spmd_check import partition, simulate_and_compare
+
+    local = simulate_and_compare(*partition(parse_module(text)), inputs=inputs)
+    assert "axis_index" in ops_of(local)
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("layout", ["a:rows", "a:(rows,cols)", "a:cols,b:rows"])
+def test_normalisers_over_a_split_dim(op, layout):
+    text = f"""mesh @m = <rows=2, cols=4>
+func @f(%x: f32[a=16, b=8]) -> (f32[a=16, b=8], f32[b=8]) attributes {{mesh = @m, layout = {{{layout}}}}} {{
+  %y = {op}(%x) {{dim = a}}
+  %z = logsumexp(%x) {{dims = [a]}}
+  return %y, %z
+}}
+"""
+    local = check_text(text, None, None, rtol=1e-5, atol=1e-5)
+    assert "all_gather" not in ops_of(local)
+
+
+def test_normalisers_keep_the_reference_edge_semantics():
+    text = """mesh @m = <rows=2>
+func @f(%x: f32[a=4, b=3]) -> (f32[a=4, b=3], f32[b=3]) attributes {mesh = @m, layout = {a: rows}} {
+  %y = softmax(%x) {dim = a}
+  %z = logsumexp(%x) {dims = [a]}
+  return %y, %z
+}
+"""
+    from meshir.frontends.text import parse_module
+
+    from .spmd_check import partition, simulate_and_compare
+
+    x = np.array([[0, -np.inf, np.inf], [1, -np.inf, 0], [2, -np.inf, 0], [3, -np.inf, 0]], np.float32)
+    simulate_and_compare(*partition(parse_module(text)), inputs={"x": x})
