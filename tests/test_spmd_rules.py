@@ -110,3 +110,21 @@ func @f(%x: f32[a=4, b=3]) -> (f32[a=4, b=3], f32[b=3]) attributes {mesh = @m, l
 
     x = np.array([[0, -np.inf, np.inf], [1, -np.inf, 0], [2, -np.inf, 0], [3, -np.inf, 0]], np.float32)
     simulate_and_compare(*partition(parse_module(text)), inputs={"x": x})
+
+
+@pytest.mark.parametrize("layout", ["a:cols", "a:(rows,cols)", "a:rows,b:cols"])
+@pytest.mark.parametrize("dtype", ["f32", "i32"])
+def test_cumsum_along_a_split_dim_adds_the_earlier_blocks_totals(layout, dtype):
+    text = f"""mesh @m = <rows=2, cols=4>
+func @f(%x: {dtype}[a=16, b=8]) -> {dtype}[a=16, b=8] attributes {{mesh = @m, layout = {{{layout}}}}} {{
+  %y = cumsum(%x) {{dim = a}}
+  return %y
+}}
+"""
+    from meshir.frontends.text import parse_module
+
+    from .spmd_check import partition, simulate_and_compare
+
+    x = np.arange(128).reshape(16, 8) % 7 - 3
+    local = simulate_and_compare(*partition(parse_module(text)), inputs={"x": x.astype(dtype.replace("f", "float").replace("i", "int"))})
+    assert not any(op.name == "all_gather" and op.results[0].type.size_of("a") == 16 for op in local.ops)

@@ -109,3 +109,29 @@ INDEXING_RULES: dict[str, Rule] = {
     "scatter_add": scatter_add_rule,
     "iota": iota_rule,
 }
+
+
+def cumsum_rule(ctx: LowerContext, op: Operation, operands: list[Sharded]) -> list[Sharded]:
+    """Each device sums its own block, then adds the totals of the blocks before it,
+    which one all_gather of the per-block totals provides."""
+    (sharded,), (result,) = operands, op.results
+    dim = op.attr("dim")
+    layout = ctx.layout(result)
+    axes = dict(zip(result.type.names, layout.axes))[dim]
+    if not axes:
+        return generic_rule(ctx, op, operands)
+    x = ctx.want(sharded, layout)
+    block = result.type.size_of(dim) // ctx.mesh.group_size(axes)
+    running = ctx.emit("cumsum", [x], {"dim": Name(dim)})[0]
+    total = ctx.emit("slice", [running], {"dim": Name(dim), "begin": block - 1, "size": 1})[0]
+    totals = ctx.emit("all_gather", [total], {"dim": Name(dim), "axes": tuple(Name(a) for a in axes)})[0]
+    groups = ctx.mesh.group_size(axes)
+    position = ctx.emit("iota", [], {"shape": (Dim(dim, groups),), "dim": Name(dim)})[0]
+    earlier = ctx.emit("lt", [position, block_offset(ctx, axes, 1, i32)], {})[0]
+    zero = ctx.emit("zeros", [], {"shape": (), "dtype": result.type.dtype})[0]
+    before = ctx.emit("reduce_sum", [ctx.emit("select", [earlier, totals, zero], {})[0]], {"dims": (Name(dim),)})[0]
+    value = ctx.emit("add", [running, before], {}, result.name)[0]
+    return [Sharded(value, layout, result.type)]
+
+
+INDEXING_RULES["cumsum"] = cumsum_rule
