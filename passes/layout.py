@@ -31,7 +31,7 @@ def value_layouts(module: Module, function: Function) -> dict[Value, ValueLayout
     for value in function.args:
         layouts[value] = without_trivial_axes(rules.layout_of(value.type), mesh)
     for op in function.ops:
-        pinned = op.attributes.get("layout") if op.name == "reshard" else None
+        pinned = op.attributes.get("layout") if op.name in ("reshard", "transfer") else None
         for value in op.results:
             chosen = pinned if pinned is not None else rules
             layouts[value] = without_trivial_axes(chosen.layout_of(value.type), mesh)

@@ -50,8 +50,9 @@ SAMPLES: dict[str, list[Sample]] = {
     "abs": [S(X), S("x: i32[a=8, b=16]", bounds={"x": (-9, 9)})],
     "gelu": [S(X), S(X, attrs="{approximate = true}")],
     "logical_not": [S("x: bool[a=8, b=16]")],
-    "cast": [S(X, attrs="{dtype = i32}"), S("x: i32[a=8, b=16]", attrs="{dtype = bf16}"), S(X, attrs="{dtype = bool}")],
-    # Binary ops broadcast by name: y brings no new dimension here, z does.
+    "cast": [S(X, attrs="{dtype = i32}"), S("x: i32[a=8, b=16]", attrs="{dtype = bf16}"),
+             S(X, attrs="{dtype = bool}")],
+    # Binary ops broadcast by name: y[b] brings no new dimension; add's y[b, c] brings c.
     **{op: [S(X, Y_BROADCAST)] for op in BINARY_NUMERIC},
     "add": [S(X, Y_BROADCAST), S(X, "y: f32[b=16, c=8]"), S("x: bf16[a=8]", "y: bf16[a=8, b=16]")],
     "div": [S(X, Y_BROADCAST), S("x: i32[a=8, b=16]", "y: i32[b=16]", bounds={"x": (-20, 20), "y": (-3, 4)})],
@@ -66,7 +67,8 @@ SAMPLES: dict[str, list[Sample]] = {
         S("x: f32[a=8, k=16]", attrs="{output = []}"),  # a full sum
         S("q: f32[b=8, h=8, s=8]", "k: f32[b=8, h=8, t=16]", attrs="{output = [b, h, s, t]}"),  # no contraction
     ],
-    "matmul": [S("x: f32[a=8, k=16]", "w: f32[k=16, n=8]"), S("x: f32[b=8, k=16]", "y: f32[b=8, k=16]", attrs="{batch = [b]}")],
+    "matmul": [S("x: f32[a=8, k=16]", "w: f32[k=16, n=8]"),
+               S("x: f32[b=8, k=16]", "y: f32[b=8, k=16]", attrs="{batch = [b]}")],
     "reduce_sum": [S(X, attrs="{dims = [b]}"), S(X, attrs="{dims = [a, b]}"), S("x: i32[a=8, b=16]", attrs="{dims = [a]}"),
                    S("x: bf16[a=8, b=16]", attrs="{dims = [b]}")],
     "reduce_mean": [S(X, attrs="{dims = [b]}"), S(X, attrs="{dims = [a, b]}")],
@@ -98,9 +100,11 @@ SAMPLES: dict[str, list[Sample]] = {
         S(X, attrs="{dim = b, begin = 8, size = 8}"),  # aligned with a 2-way split
         S(X, attrs="{dim = a, begin = 1, size = 5}"),  # a size no split divides
     ],
-    "concat": [S("x: f32[a=8, b=8]", "y: f32[a=8, b=16]", attrs="{dim = b}"), S("x: f32[a=8, b=16]", "y: f32[a=8, b=16]", "z: f32[a=16, b=16]", attrs="{dim = a}")],
+    "concat": [S("x: f32[a=8, b=8]", "y: f32[a=8, b=16]", attrs="{dim = b}"),
+               S("x: f32[a=8, b=16]", "y: f32[a=8, b=16]", "z: f32[a=16, b=16]", attrs="{dim = a}")],
     "split": [S("x: f32[a=8, b=24]", attrs="{dim = b, sizes = [8, 16]}"), S(X, attrs="{dim = a, sizes = [3, 5]}")],
-    "pad": [S("x: f32[a=8, b=8]", attrs="{dim = b, low = 3, high = 5, value = 1.5}"), S(X, attrs="{dim = a, low = 0, high = 8}")],
+    "pad": [S("x: f32[a=8, b=8]", attrs="{dim = b, low = 3, high = 5, value = 1.5}"),
+            S(X, attrs="{dim = a, low = 0, high = 8}")],
     "stack": [S("x: f32[a=8]", "y: f32[a=8]", attrs="{dim = s}"), S(X, "y: f32[a=8, b=16]", attrs="{dim = s, axis = 2}")],
     "unstack": [S("x: f32[s=2, a=8]", attrs="{dim = s}"), S("x: f32[a=8, s=2, b=8]", attrs="{dim = s}")],
     "shift": [
@@ -136,7 +140,8 @@ SAMPLES: dict[str, list[Sample]] = {
                  S("x: f32[n=8, w=16]", attrs="{spatial = [w], window = [3], strides = [1], padding = same}")],
     "avg_pool": [S("x: f32[n=8, w=16]", attrs="{spatial = [w], window = [2]}"),
                  S("x: f32[n=8, w=16]", attrs="{spatial = [w], window = [3], strides = [1], padding = same}")],
-    "dropout": [S(X, attrs="{rate = 0.5, seed = 7}"), S(X, "step: i32[]", attrs="{rate = 0.25, seed = 3}", bounds={"step": (0, 1000)})],
+    "dropout": [S(X, attrs="{rate = 0.5, seed = 7}"),
+                S(X, "step: i32[]", attrs="{rate = 0.25, seed = 3}", bounds={"step": (0, 1000)})],
     "random_uniform": [S(attrs="{shape = [a=8, b=16], seed = 3}"),
                        S("step: i32[]", attrs="{shape = [a=16], seed = 5, minval = -2.0, maxval = 2.0}")],
     "random_normal": [S(attrs="{shape = [a=8, b=16], seed = 4, mean = 1.0, stddev = 2.0}"),

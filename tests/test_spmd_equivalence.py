@@ -12,11 +12,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from meshir.mesh import LayoutRules, parse_layout_spec
+from meshir.interpreter import shard
+from meshir.mesh import LayoutRules, ValueLayout, parse_layout_spec
 
 from .spmd_matrix import (
-    BIT_EXACT_OPS, CAP, MESHES, Outputs, Program, all_programs, axis_options, check, layouts, local_collectives,
-    partition, program, reference, report, spmd, value_layouts,
+    BIT_EXACT_OPS, CAP, MESHES, Outputs, Program, ReplicaMismatch, all_programs, assemble, axis_options, check,
+    layouts, local_collectives, partition, program, reference, report, spmd, value_layouts,
 )
 
 PROGRAMS = all_programs()
@@ -55,9 +56,16 @@ def test_reducing_a_split_dimension_costs_one_all_reduce():
     assert collectives("reduce_sum", 0, "b:cols") == {"all_reduce": 1}
 
 
-@pytest.mark.parametrize("prog", [p for p in PROGRAMS if p.op not in ("reshard", "transfer")], ids=lambda p: p.name)
-def test_replicated_layout_needs_no_collective(prog: Program):
-    assert dict(local_collectives(partition(prog.module(MESH_2X4, LayoutRules(()))))) == {}
+def test_replicated_layout_needs_no_collective():
+    """Every op, all values replicated on 2x4: each device computes everything, no
+    communication (reshard and transfer pin other layouts, so they may move data)."""
+    moving = {}
+    for prog in PROGRAMS:
+        if prog.op not in ("reshard", "transfer"):
+            found = local_collectives(partition(prog.module(MESH_2X4, LayoutRules(()))))
+            if found:
+                moving[prog.name] = dict(found)
+    assert not moving, f"collectives in replicated programs: {moving}"
 
 
 def test_split_local_program_holds_per_device_types():
@@ -86,10 +94,11 @@ def test_small_programs_run_every_legal_layout():
     # x[a=8, b=16] on 2x4: 5 options per dimension, all legal; b cannot reuse an
     # axis a took, so 5 (a replicated) + 2 + 2 (a on one axis) + 1 + 1 (a on both)
     # distinct layouts.
-    assert len(layouts(program("neg", 0), MESH_2X4)) == 11
-    # On <x=1> every rule splits nothing: one case, naming every dimension.
-    (only,) = layouts(program("neg", 0), MESHES[0])
-    assert only.as_dict() == {"a": ("x",), "b": ("x",)}
+    prog = program("neg", 0)
+    chosen = layouts(prog, MESH_2X4)
+    assert len({value_layouts(prog.types, r, MESH_2X4) for r in chosen}) == 11
+    # On <x=1> nothing splits: replicated, and every dimension on the size-1 axis.
+    assert [r.as_dict() for r in layouts(prog, MESHES[0])] == [{}, {"a": ("x",), "b": ("x",)}]
 
 
 def perturbed(ulps: int):
@@ -113,13 +122,13 @@ def test_a_wrong_column_fails_naming_op_mesh_layout_and_difference():
     assert cases == len(failures) == len(layouts(prog, MESHES[1])) > 1
     message = str(failures[0])
     assert "reduce_sum[0]" in message and "<x=2>" in message and "layout {" in message
-    assert "off: output r0 (f32): max |difference|" in message
+    assert "off: output r0: 8 of 8 elements differ, max |difference|" in message and "(f32, tolerance" in message
 
 
 def test_random_ops_must_match_bit_for_bit():
     assert "random_normal" in BIT_EXACT_OPS
     _, random_failures = check(program("random_normal", 0), {"ulp": perturbed(1)}, meshes=(MESHES[0],))
-    assert random_failures and "bit-exact" in random_failures[0].message
+    assert random_failures and "(f32, bit-exact)" in random_failures[0].message
     _, tolerated = check(program("tanh", 0), {"ulp": perturbed(1)}, meshes=(MESHES[0],))
     assert not tolerated
 
@@ -129,4 +138,14 @@ def test_a_crashing_column_is_a_failure_not_an_error():
         raise RuntimeError("boom\nsecond line")
 
     _, failures = check(program("neg", 0), {"crash": crash}, meshes=(MESHES[0],))
-    assert [f.message for f in failures] == ["RuntimeError: boom"]
+    assert failures and {f.message for f in failures} == {"RuntimeError: boom"}
+
+
+def test_replicas_that_disagree_are_caught():
+    mesh = MESHES[2]
+    layout = ValueLayout(((), ("cols",)))  # [a, b] with b over cols: devices 0 and 2 hold the same block
+    blocks = shard(np.arange(8.0).reshape(2, 4), layout, mesh)
+    assert np.array_equal(assemble("x", blocks, layout, mesh), np.arange(8.0).reshape(2, 4))
+    blocks[2] = blocks[2] + 1
+    with pytest.raises(ReplicaMismatch, match="x: device 2"):
+        assemble("x", blocks, layout, mesh)

@@ -118,7 +118,7 @@ class CompiledProgram:
         state = initial_state(self.module, self.variables, variables)
         outputs, written = self(feed, {p.name: state[p.name] for p in self.variables})
         state.update({name: np.asarray(value) for name, value in written.items()})
-        return {name: np.asarray(value) for name, value in outputs.items()}, state
+        return {p.name: np.asarray(outputs[p.name]) for p in self.outputs}, state
 
     def run_per_device(
         self, inputs: Mapping[str, Sequence[Any]], local_state: Mapping[str, Sequence[Any]] | None = None
@@ -141,7 +141,7 @@ class CompiledProgram:
         outputs, written = self(feed, stacked)
         new_state = {name: list(np.asarray(value)) for name, value in given.items()}
         new_state.update({name: list(np.asarray(value)) for name, value in written.items()})
-        return {name: list(np.asarray(value)) for name, value in outputs.items()}, new_state
+        return {p.name: list(np.asarray(outputs[p.name])) for p in self.outputs}, new_state
 
 
 def _stacked(slices: Sequence[Any]) -> np.ndarray:
@@ -257,6 +257,8 @@ def _body(module: Module, function: Function, written: list[Port], overrides: Ma
             new_variables = {k: v[None] for k, v in new_variables.items()}
         return outputs, new_variables
 
+    # The HLO module takes the jitted function's name: make it the meshir function's.
+    body.__name__ = body.__qualname__ = function.name
     return body
 
 

@@ -73,6 +73,35 @@ def keep_mask(seed: int, step: int | jax.Array, stream: int, index: jax.Array, r
     return top >= _u32(reference.keep_threshold(rate))
 
 
+def affine(offset: float, scale: float, x: jax.Array) -> jax.Array:
+    """offset + scale * x rounded as numpy rounds it: the product on its own, then
+    the sum. XLA's CPU code generator always contracts a multiply feeding an add
+    into a fused multiply-add (one rounding, an ulp off the reference), and LLVM
+    narrows a float64 product of float32 operands back to float32, so the
+    product is built from parts whose products are exact and whose sum is not a
+    multiply. `x` holds finite draws of float32 precision (24 significant bits,
+    possibly widened to float64); `offset` and `scale` are numbers of x's dtype.
+
+    - float32: x split at 12 significant bits into head and tail (bit masking,
+      which no optimizer sees through); scale * head and scale * tail are exact
+      in float64 and so is their sum, then rounded to float32 once.
+    - float64: scale split into a 24-bit head and a tail of at most 29 bits;
+      both partial products are exact and their sum rounds once (a contracted
+      form of that sum rounds the same exact value)."""
+    if x.dtype == jnp.float32:
+        bits = jax.lax.bitcast_convert_type(x, _U32)
+        head = jax.lax.bitcast_convert_type(bits & _u32(0xFFFFF000), jnp.float32)
+        wide = np.float64(np.float32(scale))
+        product = wide * head.astype(jnp.float64) + wide * (x - head).astype(jnp.float64)
+        return np.float32(offset) + product.astype(jnp.float32)
+    head = np.float64(np.float32(scale))
+    tail = np.float64(scale) - head
+    if not np.isfinite(head) or tail == 0:
+        # A scale of 24 bits or less makes the product itself exact.
+        return np.float64(offset) + np.float64(scale) * x
+    return np.float64(offset) + (head * x + tail * x)
+
+
 def linear_index(
     local_shape: Sequence[int],
     global_shape: Sequence[int] | None = None,

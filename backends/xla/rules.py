@@ -9,6 +9,7 @@ the pinned edge cases (empty reductions, integer division by zero, ...).
 """
 from __future__ import annotations
 
+import functools
 import string
 from typing import Callable
 
@@ -268,8 +269,9 @@ RULES: dict[str, Rule] = {
 }
 
 
+@functools.cache
 def install() -> None:
-    """Register every table's rule against its op (idempotent)."""
+    """Register every table's rule against its op, once per process."""
     from . import rules_collectives, rules_nn, rules_shape
 
     tables = {**RULES, **rules_shape.RULES, **rules_nn.RULES, **rules_collectives.RULES}

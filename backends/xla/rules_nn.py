@@ -143,14 +143,14 @@ def _random_uniform(op: OpView, *step: jax.Array) -> jax.Array:
     wide = _wide_float(result)
     u = random.uniform(op.attr("seed"), _step(step), 0, draw_index(op, result)).astype(wide)
     low, high = wide.type(op.attr("minval")), wide.type(op.attr("maxval"))
-    return as_type(low + (high - low) * u, result)
+    return as_type(random.affine(low, high - low, u), result)
 
 
 def _random_normal(op: OpView, *step: jax.Array) -> jax.Array:
     result = op.result_types[0]
     wide = _wide_float(result)
     z = random.normal(op.attr("seed"), _step(step), 0, draw_index(op, result)).astype(wide)
-    return as_type(wide.type(op.attr("mean")) + wide.type(op.attr("stddev")) * z, result)
+    return as_type(random.affine(wide.type(op.attr("mean")), wide.type(op.attr("stddev")), z), result)
 
 
 # ---------------------------------------------------------------------------- losses and norms

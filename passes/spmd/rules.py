@@ -219,12 +219,20 @@ def write_rule(ctx: LowerContext, op: Operation, operands: list[Sharded]) -> lis
 
 
 def reshard_rule(ctx: LowerContext, op: Operation, operands: list[Sharded]) -> list[Sharded]:
-    (result,) = op.results
-    return [relayout(ctx.builder, operands[0], ctx.layout(result))]
+    (sharded,), (result,) = operands, op.results
+    moved = relayout(ctx.builder, sharded, ctx.layout(result))
+    if moved.value is not sharded.value:
+        moved.value.name = result.name
+    return [moved]
 
 
 def transfer_rule(ctx: LowerContext, op: Operation, operands: list[Sharded]) -> list[Sharded]:
-    raise MeshirError("spmd: transfer between meshes is not partitioned yet; run the two meshes' functions separately", op.loc)
+    """Within the function's own mesh a transfer is a reshard; across meshes the
+    two meshes' programs are partitioned separately."""
+    if op.attr("to").name != ctx.mesh.name:
+        raise MeshirError(f"spmd: transfer to mesh {op.attr('to')} from @{ctx.mesh.name}: moving values between meshes "
+                          "is not partitioned yet; run each mesh's function separately", op.loc)
+    return reshard_rule(ctx, op, operands)
 
 
 SPECIAL_RULES: dict[str, Rule] = {

@@ -7,12 +7,12 @@ from typing import ClassVar
 
 from meshir.attributes import SymbolRef
 from meshir.diagnostics import MeshirError
-from meshir.ir import Function, Module, Value
+from meshir.ir import Function, Module, Operation, Value
 from meshir.mesh import LayoutRules, Mesh
 from meshir.registry import all_ops
 
 from ..base import Pass, register_pass
-from ..layout import value_layouts
+from ..layout import value_layouts, without_trivial_axes
 from .halo_rules import HALO_RULES
 from .indexing_rules import INDEXING_RULES
 from .rules import SPECIAL_RULES, LowerContext, generic_rule
@@ -38,7 +38,8 @@ def partition(module: Module, function: Function, mesh: Mesh) -> Function:
         except MeshirError as exc:
             raise MeshirError(exc.message, exc.loc or op.loc) from None
         env.update(zip(op.results, results))
-    local.returns = [relayout(builder, env[v], layouts[v]).value for v in function.returns]
+    interface = [without_trivial_axes(rules.layout_of(v.type), mesh) for v in function.returns]
+    local.returns = [relayout(builder, env[v], layout).value for v, layout in zip(function.returns, interface)]
     local.result_types = [v.type for v in local.returns]
     _name_returns_like_the_global_function(local, function)
     return local
@@ -47,14 +48,22 @@ def partition(module: Module, function: Function, mesh: Mesh) -> Function:
 def _name_returns_like_the_global_function(local: Function, function: Function) -> None:
     """Outputs are keyed by returned names, so a returned value keeps its global name;
     a local value already holding that name (say the partial sum before the
-    all_reduce that completes it) is renamed out of the way."""
-    for local_value, global_value in zip(local.returns, function.returns):
+    all_reduce that completes it) is renamed out of the way. An argument, or a
+    value already named for another output, is returned through a named copy."""
+    named: dict[int, str] = {}
+    for index, (local_value, global_value) in enumerate(zip(local.returns, function.returns)):
         if local_value.name == global_value.name:
+            named.setdefault(id(local_value), global_value.name)
             continue
+        if local_value.owner is None or named.get(id(local_value), global_value.name) != global_value.name:
+            copy = Operation("stop_gradient", [local_value], {}, [local_value.type])
+            local.ops.append(copy)
+            local_value = local.returns[index] = copy.results[0]
         for other in local.values():
             if other.name == global_value.name:
                 other.name = f"{global_value.name}_local"
         local_value.name = global_value.name
+        named[id(local_value)] = global_value.name
 
 
 def register_rules() -> None:

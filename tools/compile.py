@@ -1,0 +1,51 @@
+"""What meshc and meshir-run share: passes to a runnable program for a backend."""
+from __future__ import annotations
+
+import argparse
+
+from meshir.diagnostics import FlagError
+from meshir.ir import Module
+
+DEFAULT_PIPELINE = "layout,spmd"
+EMIT_MODES = ("spmd", "gspmd")
+
+
+def add_program_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--entry", help="the function to compile or run, e.g. @loss (default: the first function)")
+    parser.add_argument("--mesh", help="override the mesh: 'rows:2,cols:4' or 'rows:2;cols:4'")
+    parser.add_argument("--layout", help="override the layout: 'batch:rows,hidden:cols', 'seq:(rows,cols)'")
+    parser.add_argument("--passes", default=None, help=f"pass pipeline (default '{DEFAULT_PIPELINE}')")
+    parser.add_argument("--devices", type=int, help="number of devices (default: the mesh's size)")
+    parser.add_argument("--emit-mode", default="spmd", choices=EMIT_MODES,
+                        help="spmd: meshir partitions (default); gspmd: the global program with shardings, XLA partitions")
+
+
+def prepare(module: Module, args: argparse.Namespace) -> tuple[Module, str]:
+    """Run the pipeline (without `spmd` in gspmd mode) and set up devices; returns the
+    module and the entry function's name. Must run before JAX is imported."""
+    from meshir.backends.xla import setup_cpu_devices
+    from meshir.passes.pipeline import PassManager, parse_pipeline
+
+    pipeline = parse_pipeline(args.passes if args.passes is not None else DEFAULT_PIPELINE)
+    if args.emit_mode == "gspmd":
+        pipeline = [p for p in pipeline if p.name != "spmd"]
+    entry = module.function(args.entry).name
+    mesh = module.mesh_of(module.functions[entry])
+    PassManager(pipeline).run(module)
+    needed = mesh.size if mesh is not None else 1
+    devices = args.devices if args.devices is not None else needed
+    if devices < needed:
+        raise FlagError(f"--devices: mesh @{mesh.name} {mesh} needs {needed} devices, got {devices}")
+    setup_cpu_devices(devices)
+    return module, entry
+
+
+def compile_xla(module: Module, entry: str, emit_mode: str):
+    from meshir.backends.xla import compile_global, compile_global_gspmd, compile_local
+
+    function = module.functions[entry]
+    if function.is_local:
+        return compile_local(module, entry)
+    if emit_mode == "gspmd" and module.mesh_of(function) is not None:
+        return compile_global_gspmd(module, entry)
+    return compile_global(module, entry)
