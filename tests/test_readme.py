@@ -19,7 +19,7 @@ TOUR = [c for c in COMMANDS if c not in SETUP]
 def test_readme_has_the_two_setup_commands_and_ci_runs_the_test_one():
     assert len(SETUP) == 2
     main_job, tests = SETUP
-    assert "meshir-run examples/mlp.mir" in main_job and "pytest" in tests
+    assert "meshc examples/mlp.mir" in main_job and "--check" in main_job and "pytest" in tests
     ci_lines = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
     assert tests in ci_lines
 
@@ -30,11 +30,14 @@ def _run(command: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, shell=True, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_main_job_command_runs():
-    """The main job's own step (set-up is what this test session already did)."""
-    result = _run(SETUP[0].split("&&")[-1].strip().removeprefix(".venv/bin/"))
+def test_main_job_command_runs(tmp_path):
+    """The main job's own steps (set-up is what this test session already did)."""
+    steps = [s.strip().removeprefix(".venv/bin/") for s in SETUP[0].split("&&") if "-m venv" not in s and "pip install" not in s]
+    result = _run(" && ".join(steps).replace("-o mlp.hlo", f"-o {tmp_path / 'mlp.hlo'}"))
     assert result.returncode == 0, result.stderr
     assert "%loss : f32[] =" in result.stdout
+    assert "check: largest |xla - reference| =" in result.stdout
+    assert "all-reduce" in (tmp_path / "mlp.hlo").read_text()
 
 
 @pytest.mark.parametrize("command", TOUR)

@@ -10,20 +10,20 @@ import numpy as np
 from meshir.diagnostics import FlagError
 
 from .common import EXIT_OK, atomic_write, internal_error, load_module, run_main
+from .compile import add_program_flags, compile_xla, prepare
 
-BACKENDS = ("reference",)
+BACKENDS = ("reference", "xla")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meshir-run", description="Run a function of a .mir module and print its outputs.")
     parser.add_argument("input", help="the .mir file ('-' for standard input)")
     parser.add_argument("--backend", default="reference", help=f"where to run: {', '.join(BACKENDS)} (default reference)")
-    parser.add_argument("--entry", help="the function to run, e.g. @loss (default: the first function)")
     parser.add_argument("--inputs", help="an .npz file of input arrays keyed by argument name")
     parser.add_argument("--outputs", help="write the outputs to this .npz file, keyed by returned value name")
     parser.add_argument("--seed", type=int, default=0, help="seed for inputs drawn when --inputs is not given (default 0)")
-    parser.add_argument("--mesh", help="override the mesh: 'rows:2,cols:4' or 'rows:2;cols:4'")
-    parser.add_argument("--layout", help="override the layout: 'batch:rows,hidden:cols'")
+    parser.add_argument("--check", action="store_true", help="also run the reference and print the largest difference")
+    add_program_flags(parser)
     return parser
 
 
@@ -43,6 +43,20 @@ def format_output(name: str, array: np.ndarray, type_text: str) -> str:
     return f"%{name} : {type_text} ={joiner}{body.replace(chr(10), chr(10) + '  ')}"
 
 
+def largest_difference(outputs: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> float:
+    """The largest absolute difference over all outputs; NaN where only one side is NaN."""
+    worst = 0.0
+    for name, want in expected.items():
+        got = np.asarray(outputs[name], np.float64)
+        want = np.asarray(want, np.float64)
+        both_nan = np.isnan(got) & np.isnan(want)
+        diff = np.where(both_nan, 0.0, np.abs(got - want))
+        if np.isnan(diff).any():
+            return float("nan")
+        worst = max(worst, float(np.max(diff, initial=0.0)))
+    return worst
+
+
 def save_outputs(path: str, outputs: dict[str, np.ndarray]) -> None:
     buffer = io.BytesIO()
     np.savez(buffer, **outputs)
@@ -59,11 +73,19 @@ def main(argv: list[str] | None = None) -> int:
             raise FlagError(f"--backend: unknown backend '{args.backend}' (backends: {', '.join(BACKENDS)})")
         module = load_module(args.input, args.mesh, args.layout)
         function = module.function(args.entry)
+        types = [v.type for v in function.returns]
         inputs = load_inputs(args.inputs) if args.inputs else random_inputs(function, args.seed)
-        outputs = Interpreter(module).run(function.name, inputs)
-        types = {name: value.type for name, value in zip(outputs, function.returns)}
-        for name, array in outputs.items():
-            print(format_output(name, array, str(types[name])))
+        reference = Interpreter(module) if args.backend == "reference" or args.check else None
+        expected = reference.run(function.name, inputs) if reference is not None else None
+        if args.backend == "reference":
+            outputs = expected
+        else:
+            module, entry = prepare(load_module(args.input, args.mesh, args.layout), args)
+            outputs, _ = compile_xla(module, entry, args.emit_mode).run(inputs)
+        for (name, array), ttype in zip(outputs.items(), types):
+            print(format_output(name, array, str(ttype)))
+        if args.check:
+            print(f"check: largest |{args.backend} - reference| = {largest_difference(outputs, expected):.3g}")
         if args.outputs:
             save_outputs(args.outputs, outputs)
         return EXIT_OK
