@@ -28,6 +28,7 @@ _LAZY = {
     "serialize_export": "emit",
     "artifact": "emit",
     "install": "rules",
+    "initial_values": "initializers",
 }
 
 __all__ = ["jax_mesh", "setup_cpu_devices", *_LAZY]

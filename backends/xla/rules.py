@@ -21,7 +21,7 @@ import numpy as np
 from meshir.registry import OpView, all_ops
 from meshir.types import TensorType
 
-from .rules_common import Rule, align, as_type, axis_of, compute_dtype, highest, lowest, scalar, widen
+from .rules_common import Rule, align, as_type, axis_of, highest, lowest, scalar, widen
 
 TARGET = "xla"
 
