@@ -135,6 +135,22 @@ def test_local_program_on_global_arrays_matches_simulator_and_global_reference()
     np.testing.assert_array_equal(state["b"], x.sum(axis=0))
 
 
+def test_per_device_runs_update_local_state_like_the_simulator():
+    module = model_module()
+    mesh = module.meshes["m"]
+    rng = np.random.default_rng(2)
+    inputs = {"x": [rng.integers(-3, 4, size=(2, 2)).astype(np.float32) for _ in mesh.devices()]}
+    local_state = {"w": [rng.normal(size=(2, 4)).astype(np.float32) for _ in mesh.devices()],
+                   "b": [np.full(2, d, np.float32) for d in mesh.devices()]}
+    simulated_state = {name: [s.copy() for s in slices] for name, slices in local_state.items()}
+    want = Interpreter(module).run_local("local", inputs, simulated_state)
+    got, state = compile_local(module, "local", per_device=True).run_per_device(inputs, local_state)
+    for device in mesh.devices():
+        np.testing.assert_allclose(got["y"][device], want["y"][device], rtol=1e-6)
+        for name in ("w", "b"):
+            np.testing.assert_array_equal(state[name][device], simulated_state[name][device])
+
+
 def test_gspmd_baseline_matches_the_reference_and_partitions():
     module = model_module()
     x = np.random.default_rng(1).normal(size=(4, 8)).astype(np.float32)

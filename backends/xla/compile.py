@@ -114,7 +114,7 @@ class CompiledProgram:
         second result holds every variable given or used, updated by the run."""
         if self.per_device:
             raise MeshirError(f"func @{self.function.name} was compiled per device; use run_per_device")
-        feed = _bind(self.function, self.inputs, inputs, "input")
+        feed = _bind(self.function, self.inputs, inputs)
         state = initial_state(self.module, self.variables, variables)
         outputs, written = self(feed, {p.name: state[p.name] for p in self.variables})
         state.update({name: np.asarray(value) for name, value in written.items()})
@@ -127,19 +127,18 @@ class CompiledProgram:
         `local_state`, each variable's slices come from its initializer."""
         if not self.per_device:
             raise MeshirError(f"func @{self.function.name} was not compiled per device; use run")
-        feed = _bind(self.function, self.inputs, {k: _stacked(v) for k, v in inputs.items()}, "input")
+        feed = _bind(self.function, self.inputs, {k: _stacked(v) for k, v in inputs.items()})
         if local_state is None:
             layouts = storage_layouts(self.module, self.function)
             state = initial_state(self.module, [Port(n, self.module.variables[n].type) for n in layouts], None)
             local_state = {n: shard(state[n], layouts[n], self.mesh) for n in layouts}
-        given = {name: _stacked(slices) for name, slices in local_state.items()}
-        stacked = {p.name: to_argument(given[p.name], p.type, f"local state of variable @{p.name}") if p.name in given else None
-                   for p in self.variables}
-        missing = [n for n, v in stacked.items() if v is None]
+        missing = [p.name for p in self.variables if p.name not in local_state]
         if missing:
             raise MeshirError(f"local state has no slices of variable @{missing[0]}, which func @{self.function.name} uses")
+        stacked = {p.name: to_argument(_stacked(local_state[p.name]), p.type, f"local state of variable @{p.name}")
+                   for p in self.variables}
         outputs, written = self(feed, stacked)
-        new_state = {name: list(np.asarray(value)) for name, value in given.items()}
+        new_state = {name: [np.asarray(s) for s in slices] for name, slices in local_state.items()}
         new_state.update({name: list(np.asarray(value)) for name, value in written.items()})
         return {p.name: list(np.asarray(outputs[p.name])) for p in self.outputs}, new_state
 
@@ -148,7 +147,8 @@ def _stacked(slices: Sequence[Any]) -> np.ndarray:
     return np.stack([np.asarray(s) for s in slices])
 
 
-def _bind(function: Function, ports: list[Port], given: Mapping[str, Any], what: str) -> dict[str, np.ndarray]:
+def _bind(function: Function, ports: list[Port], given: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The inputs by argument name, each checked against its port's type."""
     names = [p.name for p in ports]
     for name in given:
         if name not in names:
@@ -156,8 +156,8 @@ def _bind(function: Function, ports: list[Port], given: Mapping[str, Any], what:
     bound = {}
     for port in ports:
         if port.name not in given:
-            raise MeshirError(f"func @{function.name}: missing {what} '{port.name}' of type {port.type}")
-        bound[port.name] = to_argument(given[port.name], port.type, f"func @{function.name} {what} '{port.name}'")
+            raise MeshirError(f"func @{function.name}: missing input '{port.name}' of type {port.type}")
+        bound[port.name] = to_argument(given[port.name], port.type, f"func @{function.name} input '{port.name}'")
     return bound
 
 

@@ -1,0 +1,187 @@
+"""The XLA column of the equivalence matrix (tests/spmd_matrix.py), batched.
+
+An XLA compile costs about a second, so cases are not compiled one by one:
+`batch_module` puts many cases of one mesh into ONE global function `@f`.
+Each case gets its own names, prefixed `c<i>_`: dimensions (so that one layout
+map, the union of every case's prefixed rules, lays out every case as its own
+rules do), values and variables. The function's arguments are every case's
+arguments and its results every case's results; cases share nothing, so
+partitioning the batch partitions each case as it would alone.
+
+A batch is partitioned once (`layout,spmd`), compiled once (`compile_local`)
+and run once; each case's outputs and final variable values are compared
+with the case's own global reference. A batch that raises is bisected down to
+the cases that raise on their own, so every failure names one case.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from meshir.attributes import Name, SymbolRef
+from meshir.frontends.text import parse_module
+from meshir.ir import Function, Module
+from meshir.mesh import LayoutRules, Mesh
+from meshir.printer import print_module
+from meshir.types import Dim, TensorType
+
+from .spmd_matrix import Failure, Outputs, Program, compare, layouts, partition, reference, spmd
+
+Column = Callable[[Module, Outputs], Outputs]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One (program, mesh, layout) of the matrix, named `prefix...` inside a batch."""
+
+    program: Program
+    mesh: Mesh
+    rules: LayoutRules
+    prefix: str
+
+    def failure(self, column: str, message: str) -> Failure:
+        return Failure(self.program, self.mesh, self.rules, column, message)
+
+
+def cases(programs: Sequence[Program], mesh: Mesh, cap: int) -> list[Case]:
+    """Every program's `layouts(prog, mesh, cap)` on `mesh`, numbered in order."""
+    chosen = [(p, r) for p in programs if p.runs_on(mesh) for r in layouts(p, mesh, cap)]
+    return [Case(p, mesh, r, f"c{i}_") for i, (p, r) in enumerate(chosen)]
+
+
+# --- one module for many cases ---------------------------------------------------------
+
+
+class _Renamer:
+    """Prefixes one case's dimension, value and variable names."""
+
+    def __init__(self, prefix: str, dims: set[str], variables: set[str]):
+        self.prefix, self.dims, self.variables = prefix, dims, variables
+
+    def type(self, ttype: TensorType) -> TensorType:
+        return ttype.with_dims(Dim(self.prefix + d.name, d.size) for d in ttype.dims)
+
+    def rules(self, rules: LayoutRules) -> LayoutRules:
+        return LayoutRules(tuple((self.prefix + d, axes) for d, axes in rules.rules))
+
+    def attribute(self, value: Any) -> Any:
+        """Dimensions inside an attribute: `Dim`s, dimension `Name`s, layout maps;
+        enum names (`padding = same`) and axis names are left alone."""
+        if isinstance(value, Dim):
+            return Dim(self.prefix + value.name, value.size)
+        if isinstance(value, Name):
+            return Name(self.prefix + value) if value in self.dims else value
+        if isinstance(value, tuple):
+            return tuple(self.attribute(v) for v in value)
+        if isinstance(value, LayoutRules):
+            return self.rules(value)
+        if isinstance(value, SymbolRef) and value.name in self.variables:
+            return SymbolRef(self.prefix + value.name)
+        return value
+
+
+def _case_module(case: Case) -> tuple[Module, _Renamer]:
+    """The case's global module, its names prefixed."""
+    module = case.program.module(case.mesh, LayoutRules(()))
+    function = module.function("f")
+    renamer = _Renamer(case.prefix, set(case.program.dims()), set(module.variables))
+    for value in function.values():
+        value.type = renamer.type(value.type)
+        value.name = case.prefix + value.name
+    for op in function.ops:
+        op.attributes = {k: renamer.attribute(v) for k, v in op.attributes.items()}
+    for variable in module.variables.values():
+        variable.name = case.prefix + variable.name
+        variable.type = renamer.type(variable.type)
+    return module, renamer
+
+
+def batch_module(batch: Sequence[Case]) -> Module:
+    """One global module whose `@f` runs every case of `batch` (all on one mesh)."""
+    (mesh,) = {c.mesh for c in batch}
+    combined = Function("f", [], [])
+    rules: list[tuple[str, tuple[str, ...]]] = []
+    module = Module(meshes={"m": mesh})
+    for case in batch:
+        case_module, renamer = _case_module(case)
+        function = case_module.function("f")
+        combined.args += function.args
+        combined.ops += function.ops
+        combined.returns += function.returns
+        combined.result_types += [v.type for v in function.returns]
+        module.variables.update((v.name, v) for v in case_module.variables.values())
+        rules += renamer.rules(case.rules).rules
+    combined.attributes = {"mesh": SymbolRef("m"), "layout": LayoutRules(tuple(rules))}
+    module.functions["f"] = combined
+    # Printing and parsing again verifies the combination and gives fresh IR.
+    return parse_module(print_module(module), "batch.mir")
+
+
+def batch_inputs(batch: Sequence[Case]) -> Outputs:
+    return {c.prefix + k: v for c in batch for k, v in c.program.inputs().items()}
+
+
+def case_outputs(batch: Sequence[Case], outputs: Outputs) -> list[Outputs]:
+    """Each case's share of a batch's outputs, with its own (unprefixed) keys:
+    `c3_r0` -> `r0` of case 3, `@c3_w` -> `@w`."""
+    shares: list[Outputs] = [{} for _ in batch]
+    position = {c.prefix: i for i, c in enumerate(batch)}
+    for key, value in outputs.items():
+        sigil, bare = ("@", key[1:]) if key.startswith("@") else ("", key)
+        prefix, _, name = bare.partition("_")
+        shares[position[prefix + "_"]][sigil + name] = value
+    return shares
+
+
+# --- columns ----------------------------------------------------------------------------
+
+
+def xla(module: Module, inputs: Outputs) -> Outputs:
+    """Partition, compile with the XLA backend and run on the mesh's CPU devices."""
+    from meshir.backends.xla import compile_local
+
+    program = compile_local(partition(module), "f")
+    outputs, variables = program.run(inputs)
+    return {**outputs, **{f"@{n}": v for n, v in variables.items()}}
+
+
+COLUMNS: dict[str, Column] = {"xla": xla, "spmd": spmd}
+
+
+# --- running and checking ----------------------------------------------------------------
+
+
+def _run(column: str, backend: Column, batch: Sequence[Case]) -> tuple[list[tuple[Case, Outputs]], list[Failure]]:
+    """The outputs of every case that ran; a batch that raises is halved until each
+    raising case stands alone, and that case is the failure."""
+    try:
+        outputs = backend(batch_module(batch), batch_inputs(batch))
+    except Exception as exc:  # any crash is a failure to localise, not to stop at
+        if len(batch) == 1:
+            message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            return [], [batch[0].failure(column, message)]
+        half = len(batch) // 2
+        ran, failed = _run(column, backend, batch[:half])
+        more, more_failed = _run(column, backend, batch[half:])
+        return ran + more, failed + more_failed
+    return list(zip(batch, case_outputs(batch, outputs))), []
+
+
+def check_batch(batch: Sequence[Case], columns: dict[str, Column]) -> list[Failure]:
+    """Every case of `batch` through every column, against its global reference."""
+    expected: dict[tuple[str, Mesh], Outputs] = {}
+    failures = []
+    for column, backend in columns.items():
+        ran, failed = _run(column, backend, batch)
+        failures += failed
+        for case, outputs in ran:
+            prog = case.program
+            key = (prog.name, case.mesh)
+            if key not in expected:
+                expected[key] = reference(prog.module(case.mesh, LayoutRules(())), prog.inputs())
+            problem = compare(prog, expected[key], {k: np.asarray(v) for k, v in outputs.items()})
+            if problem is not None:
+                failures.append(case.failure(column, problem))
+    return failures
