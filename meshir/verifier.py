@@ -17,7 +17,9 @@ from .registry import OpView, find
 from .types import TensorType
 
 VARIABLE_ATTRS: dict[str, AttrSpec] = {"trainable": AttrSpec(BOOL, True)}
-FUNCTION_ATTRS = ("mesh", "layout", "spmd")
+# `gradients` (set by autodiff) names, for each result after the loss, the
+# variable it is the gradient of.
+FUNCTION_ATTRS = ("mesh", "layout", "spmd", "gradients")
 
 
 def verify_module(module: Module) -> None:
@@ -73,6 +75,13 @@ def function_mesh_and_layout(module: Module, function: Function) -> tuple[Mesh |
                     raise _at(function.loc, f"func @{function.name}: unknown layout {value}")
             elif not isinstance(value, LayoutRules):
                 raise _at(function.loc, f"func @{function.name}: 'layout' must be a layout symbol or map, got {value}")
+    gradients = function.attributes.get("gradients")
+    if gradients is not None:
+        if not isinstance(gradients, tuple) or not all(isinstance(g, SymbolRef) and g.name in module.variables for g in gradients):
+            raise _at(function.loc, f"func @{function.name}: 'gradients' must list declared variables, as in [@w1, @b1]")
+        if len(gradients) != len(function.result_types) - 1:
+            raise _at(function.loc, f"func @{function.name}: 'gradients' names {len(gradients)} variables but the function returns "
+                                    f"{len(function.result_types) - 1} results after the loss")
     if "mesh" in function.attributes and "spmd" in function.attributes:
         raise _at(function.loc, f"func @{function.name}: a function is global (mesh = ...) or local (spmd = ...), not both")
     mesh = module.mesh_of(function)

@@ -127,9 +127,10 @@ class Program:
         return {name: _draw(rng, ttype, self.sample.bounds.get(name)) for name, ttype in self.args}
 
 
-def program(op: str, index: int) -> Program:
-    """`SAMPLES[op][index]` as a program; its result types come from the verifier."""
-    sample = SAMPLES[op][index]
+def program(op: str, index: int, sample: Sample | None = None) -> Program:
+    """`SAMPLES[op][index]` (or `sample` in its place) as a program; its result types
+    come from the verifier."""
+    sample = sample or SAMPLES[op][index]
     args = tuple(_parse_arg(text) for text in sample.operands)
     draft = Program(op, index, sample, args, ())
     module = parse_module(draft.text(MESHES[-1], LayoutRules(()), result_types="()"), verify=False)

@@ -19,14 +19,15 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from meshir.attributes import DTYPE, LAYOUT, LITERAL, NEW_DIM, SHAPE, SYMBOL, AttrKind, Name, SymbolRef
+from meshir.attributes import SymbolRef
 from meshir.diagnostics import MeshirError
 from meshir.dtypes import DTYPES, DType
-from meshir.ir import Function, Module, Operation, Value, Variable
+from meshir.emitter import Emitter, as_literal, as_plain, to_attribute  # noqa: F401  (to_attribute is the builder's API too)
+from meshir.ir import Function, Module, Value, Variable
 from meshir.mesh import LayoutRules, Mesh
 from meshir.registry import find
 from meshir.types import Dim, TensorType
-from meshir.verifier import infer_op, verify_module
+from meshir.verifier import verify_module
 
 
 class TypeFactory:
@@ -50,52 +51,6 @@ bool_ = TypeFactory(DTYPES["bool"])
 def dims(**sizes: int) -> tuple[Dim, ...]:
     """`dims(batch=64, hidden=512)`: a shape for `shape = ...` attributes."""
     return tuple(Dim(n, s) for n, s in sizes.items())
-
-
-def _literal(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return _literal(value.tolist())
-    if isinstance(value, (list, tuple)):
-        return tuple(_literal(v) for v in value)
-    return value
-
-
-def _shape(value: Any) -> Any:
-    if isinstance(value, TensorType):
-        return value.dims
-    if isinstance(value, Mapping):
-        return tuple(Dim(n, s) for n, s in value.items())
-    return tuple(value) if isinstance(value, list) else value
-
-
-def _plain(value: Any) -> Any:
-    """Strings are names (`dim="batch"`), lists are lists."""
-    if isinstance(value, str) and not isinstance(value, Name):
-        return Name(value)
-    if isinstance(value, (list, tuple)):
-        return tuple(_plain(v) for v in value)
-    return value
-
-
-_CONVERTERS: dict[int, Any] = {
-    id(DTYPE): lambda v: v.dtype if isinstance(v, TypeFactory) else (DTYPES.get(v, v) if isinstance(v, str) else v),
-    id(LAYOUT): lambda v: LayoutRules.of(v) if isinstance(v, Mapping) else v,
-    id(SYMBOL): lambda v: SymbolRef(v.lstrip("@")) if isinstance(v, str) else v,
-    id(SHAPE): _shape,
-    id(LITERAL): _literal,
-    id(NEW_DIM): lambda v: Dim(*v) if isinstance(v, tuple) else v,
-}
-
-
-def to_attribute(kind: AttrKind, value: Any) -> Any:
-    """A Python value as the attribute form the op declares."""
-    converter = _CONVERTERS.get(id(kind))
-    return converter(value) if converter else _plain(value)
-
-
-def _attribute_key(key: str) -> str:
-    """`from_=` spells the attribute `from`, a Python keyword."""
-    return key[:-1] if key.endswith("_") else key
 
 
 class Tensor:
@@ -154,6 +109,7 @@ class FunctionBuilder:
     def __init__(self, module_builder: ModuleBuilder, function: Function):
         self.module_builder = module_builder
         self.function = function
+        self.emitter = Emitter(module_builder.module, function)
 
     @property
     def module(self) -> Module:
@@ -182,27 +138,11 @@ class FunctionBuilder:
         opdef = find(opname)
         if opdef is None:
             raise MeshirError(f"unknown op '{opname}'")
-        symbol = None
+        symbol: list[str] = []
         if opdef.symbol_operand and operands and isinstance(operands[0], str):
-            symbol, operands = operands[0], operands[1:]
-        attrs = {}
-        for key, value in attributes.items():
-            key = _attribute_key(key)
-            spec = opdef.attrs.get(key)
-            attrs[key] = to_attribute(spec.kind, value) if spec else value
-        if symbol is not None:
-            attrs[opdef.symbol_operand] = SymbolRef(symbol.lstrip("@"))
+            symbol, operands = [operands[0]], operands[1:]
         values = [self._value(v) for v in operands]
-        op = Operation(opname, values, attrs, [])
-        result_types = infer_op(self.module, self.function, op)
-        if name is None:
-            names: list[str | None] = [None] * len(result_types)
-        else:
-            names = [name] if isinstance(name, str) else list(name)
-            if len(names) != len(result_types):
-                raise MeshirError(f"{opname} has {len(result_types)} results but name= gives {len(names)}")
-        op = Operation(opname, values, op.attributes, result_types, result_names=names)
-        self.function.ops.append(op)
+        op = self.emitter.emit_op(opname, *symbol, *values, name=name, **attributes)
         results = tuple(Tensor(v, self) for v in op.results)
         if not results:
             return None
@@ -261,7 +201,7 @@ class ModuleBuilder:
         """Declare `var @name : ttype = initializer(init_args)`; returns the symbol name."""
         name = self._declare(name)
         attributes = {} if trainable is None else {"trainable": trainable}
-        args = {k: _literal(_plain(v)) for k, v in init_args.items()}
+        args = {k: as_literal(as_plain(v)) for k, v in init_args.items()}
         self.module.variables[name] = Variable(name, ttype, initializer, args, attributes)
         return name
 

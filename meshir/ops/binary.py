@@ -5,14 +5,19 @@ ones, in order; dimensions the operands share must agree in size.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from ..dtypes import bool_
-from ..registry import OpView, defop
+from ..ir import Operation, Value
+from ..registry import NOT_DIFFERENTIABLE, REGISTRY, OpView, defop
 from ..types import TensorType
 from .common import align, as_dtype, require_dtype, require_same_dtype, union_dims
+from .grad_helpers import Cotangents, scalar, unbroadcast
+
+if TYPE_CHECKING:
+    from ..emitter import Emitter
 
 
 def _int_div(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -99,3 +104,69 @@ def _select(op: OpView, cond: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.nd
 
 
 select.splittable("all")
+
+
+# ---------------------------------------------------------------------------- gradients
+# Each operand's gradient is the cotangent times the partial derivative, summed
+# over the dimensions the operand lacks and ordered as its own (`unbroadcast`).
+
+
+def _partials(fn: Callable[[Emitter, Value, Value, Value, Value], tuple[Value | None, Value | None]]):
+    """A rule from fn(e, g, x, y, out) -> (g * d out/dx, g * d out/dy), broadcast by name."""
+
+    def rule(e: Emitter, op: Operation, cotangents: Cotangents) -> Cotangents:
+        x, y = op.operands
+        gx, gy = fn(e, cotangents[0], x, y, op.result)
+        return [None if g is None else unbroadcast(e, g, v.type) for g, v in ((gx, x), (gy, y))]
+
+    return rule
+
+
+def _log_or_zero(e: Emitter, x: Value) -> Value:
+    """log(x), with log(0) read as 0: x ** y does not depend on y where x = 0."""
+    zero, one = scalar(e, 0.0, x), scalar(e, 1.0, x)
+    return e.emit("log", e.emit("select", e.emit("eq", x, zero), one, x))
+
+
+def _max_share(e: Emitter, x: Value, y: Value, sign: float) -> Value:
+    """x's share of maximum(x, y) (sign 1) or minimum (sign -1): 1 where x wins,
+    0 where y wins, and on ties 1/2 each, as JAX does."""
+    half = scalar(e, 0.5, x)
+    return e.emit("add", half, e.emit("mul", scalar(e, 0.5 * sign, x), e.emit("sign", e.emit("sub", x, y))))
+
+
+def _extreme(sign: float):
+    def partials(e: Emitter, g: Value, x: Value, y: Value, out: Value) -> tuple[Value, Value]:
+        share = _max_share(e, x, y, sign)
+        return e.emit("mul", g, share), e.emit("mul", g, e.emit("sub", scalar(e, 1.0, share), share))
+
+    return partials
+
+
+_PARTIALS = {
+    "add": lambda e, g, x, y, out: (g, g),
+    "sub": lambda e, g, x, y, out: (g, e.emit("neg", g)),
+    "mul": lambda e, g, x, y, out: (e.emit("mul", g, y), e.emit("mul", g, x)),
+    "div": lambda e, g, x, y, out: (e.emit("div", g, y), e.emit("neg", e.emit("div", e.emit("mul", g, out), y))),
+    "pow": lambda e, g, x, y, out: (
+        e.emit("mul", g, e.emit("mul", y, e.emit("pow", x, e.emit("sub", y, scalar(e, 1.0, y))))),
+        e.emit("mul", g, e.emit("mul", out, _log_or_zero(e, x))),
+    ),
+    "maximum": _extreme(1.0),
+    "minimum": _extreme(-1.0),
+}
+
+for _name, _fn in _PARTIALS.items():
+    REGISTRY[_name].gradient(_partials(_fn))
+
+for _name, (_kinds, _to_bool, _fn, _doc) in _BINARY.items():
+    if _to_bool:
+        REGISTRY[_name].gradient(NOT_DIFFERENTIABLE)
+
+
+@select.gradient
+def _select_gradient(e: Emitter, op: Operation, cotangents: Cotangents) -> Cotangents:
+    (g,), (cond, x, y) = cotangents, op.operands
+    zero = scalar(e, 0.0, g)
+    return [None, unbroadcast(e, e.emit("select", cond, g, zero), x.type),
+            unbroadcast(e, e.emit("select", cond, zero, g), y.type)]

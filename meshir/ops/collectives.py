@@ -12,17 +12,22 @@ result is such a list.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from ..attributes import BOOL, INT, NAME, NAMES, AttrSpec, one_of
 from ..diagnostics import MeshirError
 from ..dtypes import i32
+from ..ir import Operation, Value
 from ..mesh import Mesh
-from ..registry import OpView, defop
-from ..types import TensorType
+from ..registry import NOT_DIFFERENTIABLE, OpView, defop
+from ..types import Dim, TensorType
 from .common import as_dtype, require_dims, require_dtype, same_as_operand
+from .grad_helpers import Cotangents, fresh_dim, in_order, product_partial, scalar
+
+if TYPE_CHECKING:
+    from ..emitter import Emitter
 
 # How each `reduce` combines a stack of blocks (axis 0 = group position).
 _REDUCERS: dict[str, Callable[..., np.ndarray]] = {
@@ -331,3 +336,91 @@ def _dynamic_slice(op: OpView, x: np.ndarray, offset: np.ndarray) -> np.ndarray:
 
 
 dynamic_slice.splittable("none")
+
+
+# ---------------------------------------------------------------------------- gradients
+# The transposes of the collectives, treating each device's operand as its own
+# input: the loss is the sum over devices of what each device computes.
+
+
+def _sum(e: Emitter, value: Value, axes: tuple[str, ...]) -> Value:
+    return e.emit("all_reduce", value, axes=axes, reduce="sum")
+
+
+def _reduction_partial(e: Emitter, x: Value, z: Value, g_total: Value, axes: tuple[str, ...], reduce: str) -> Value:
+    """The gradient of z = all_reduce(x) over `axes` whose summed cotangent is `g_total`:
+    max and min split it evenly among the devices holding the result, prod multiplies
+    by the product of the other devices' elements."""
+    if reduce == "sum":
+        return g_total
+    if reduce == "prod":
+        partial = product_partial(e, x, z, lambda v: _sum(e, v, axes), lambda v: e.emit("all_reduce", v, axes=axes, reduce="prod"))
+        return e.emit("mul", partial, g_total)
+    hits = e.emit("eq", x, z)
+    count = _sum(e, e.emit("cast", hits, dtype=x.type.dtype), axes)
+    return e.emit("select", hits, e.emit("div", g_total, count), scalar(e, 0.0, x))
+
+
+@all_reduce.gradient
+def _all_reduce_gradient(e: Emitter, op: Operation, cotangents: Cotangents) -> Cotangents:
+    axes = op.attr("axes")
+    return [_reduction_partial(e, op.operands[0], op.result, _sum(e, cotangents[0], axes), axes, op.attr("reduce"))]
+
+
+@reduce_scatter.gradient
+def _reduce_scatter_gradient(e: Emitter, op: Operation, cotangents: Cotangents) -> Cotangents:
+    """reduce_scatter is all_reduce, then each device keeps its block: the blocks'
+    cotangents gather back into the whole reduction's."""
+    dim, axes = op.attr("dim"), op.attr("axes")
+    g_total = e.emit("all_gather", cotangents[0], dim=dim, axes=axes)
+    z = op.result if op.attr("reduce") == "sum" else e.emit("all_gather", op.result, dim=dim, axes=axes)
+    return [_reduction_partial(e, op.operands[0], z, g_total, axes, op.attr("reduce"))]
+
+
+all_gather.gradient(lambda e, op, cotangents: [
+    e.emit("reduce_scatter", cotangents[0], dim=op.attr("dim"), axes=op.attr("axes"), reduce="sum")
+])
+all_to_all.gradient(lambda e, op, cotangents: [
+    e.emit("all_to_all", cotangents[0], split_dim=op.attr("concat_dim"), concat_dim=op.attr("split_dim"), axes=op.attr("axes"))
+])
+collective_permute.gradient(lambda e, op, cotangents: [
+    e.emit("collective_permute", cotangents[0], axis=op.attr("axis"), shift=-op.attr("shift"), wrap=op.attr("wrap"))
+])
+axis_index.gradient(NOT_DIFFERENTIABLE)
+
+
+def _group_position(e: Emitter, axes: tuple[str, ...]) -> Value:
+    """The device's position in its group over `axes` (first axis major), an i32 scalar."""
+    mesh = e.module.mesh_of(e.function)
+    position = None
+    for axis in axes:
+        index = e.emit("axis_index", axis=axis)
+        position = index if position is None else e.emit("add", e.emit("mul", position, e.constant(mesh.axis_size(axis), i32)), index)
+    return position
+
+
+@all_slice.gradient
+def _all_slice_gradient(e: Emitter, op: Operation, cotangents: Cotangents) -> Cotangents:
+    """The device's block of the cotangent in its place along `dim`, zeros elsewhere."""
+    (g,), x = cotangents, op.operands[0]
+    dim, axes = op.attr("dim"), op.attr("axes")
+    count, block = e.module.mesh_of(e.function).group_size(axes), g.type.size_of(dim)
+    tiled = e.emit("concat", *[g] * count, dim=dim)
+    blocks = e.emit("div", e.emit("iota", shape=[x.type.dim(dim)], dim=dim), e.constant(block, i32))
+    mine = e.emit("eq", blocks, _group_position(e, axes))
+    return [in_order(e, e.emit("select", mine, tiled, scalar(e, 0.0, g)), x.type.names)]
+
+
+@dynamic_slice.gradient
+def _dynamic_slice_gradient(e: Emitter, op: Operation, cotangents: Cotangents) -> Cotangents:
+    """The cotangent in place at the clamped offset: gather it at (position - start),
+    which is zero wherever that falls outside the slice."""
+    (g,), (x, offset) = cotangents, op.operands
+    dim, size = op.attr("dim"), op.attr("size")
+    start = offset if offset.type.dtype == i32 else e.emit("cast", offset, dtype=i32)
+    start = e.emit("maximum", e.emit("minimum", start, e.constant(x.type.size_of(dim) - size, i32)), e.constant(0, i32))
+    # Indices along a fresh name: they have the operand's size, the cotangent the slice's.
+    position = fresh_dim(f"{dim}_position", x.type)
+    positions = e.emit("sub", e.emit("iota", shape=[Dim(position, x.type.size_of(dim))], dim=position), start)
+    placed = e.emit("rename", e.emit("gather", g, positions, dim=dim), from_=position, to=dim)
+    return [in_order(e, placed, x.type.names), None]

@@ -15,7 +15,7 @@ import numpy as np
 from ..attributes import DTYPE, FLOAT, LITERAL, SHAPE, AttrSpec
 from ..diagnostics import MeshirError
 from ..dtypes import DType, f32
-from ..registry import OpView, defop
+from ..registry import NOT_DIFFERENTIABLE, OpView, defop
 from ..types import Dim, TensorType
 
 
@@ -112,6 +112,7 @@ def _constant(op: OpView) -> np.ndarray:
 
 # The literal is the whole value; a block of it is a different literal.
 constant.splittable("none")
+constant.gradient(NOT_DIFFERENTIABLE)
 
 
 def _filled(name: str, doc: str, fill: int | None) -> None:
@@ -134,6 +135,7 @@ def _filled(name: str, doc: str, fill: int | None) -> None:
     opdef.type_rule(type_rule)
     opdef.reference(reference)
     opdef.splittable("all")
+    opdef.gradient(NOT_DIFFERENTIABLE)
 
 
 _filled("zeros", "All zeros (false for bool).", 0)

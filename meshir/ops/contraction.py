@@ -2,14 +2,20 @@
 from __future__ import annotations
 
 import string
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..attributes import AttrSpec, NAMES
 from ..diagnostics import MeshirError
+from ..ir import Value
 from ..registry import OpView, defop
 from ..types import Dim, TensorType
 from .common import as_dtype, require_dtype, require_same_dtype, union_dims
+from .grad_helpers import Cotangents, broadcast_to
+
+if TYPE_CHECKING:
+    from ..emitter import Emitter
 
 einsum = defop(
     "einsum", (1, None), "contraction",
@@ -87,3 +93,28 @@ def _matmul(op: OpView, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 matmul.splittable("all")
+
+
+# ---------------------------------------------------------------------------- gradients
+
+
+def contraction_gradient(e: Emitter, g: Value, operands: list[Value]) -> Cotangents:
+    """The gradients of einsum(operands) whose cotangent is `g`: each operand's is the
+    einsum of `g` with the other operands onto that operand's dimensions. A
+    dimension only that operand has (summed away by the forward einsum) is
+    broadcast back."""
+    grads: Cotangents = []
+    for index, operand in enumerate(operands):
+        if not operand.type.dtype.is_float:
+            grads.append(None)
+            continue
+        others = [g, *operands[:index], *operands[index + 1:]]
+        available = {n for v in others for n in v.type.names}
+        output = [n for n in operand.type.names if n in available]
+        grad = e.emit("einsum", *others, output=output)
+        grads.append(broadcast_to(e, grad, operand.type))
+    return grads
+
+
+einsum.gradient(lambda e, op, cotangents: contraction_gradient(e, cotangents[0], op.operands))
+matmul.gradient(lambda e, op, cotangents: contraction_gradient(e, cotangents[0], op.operands))

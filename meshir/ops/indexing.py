@@ -6,14 +6,21 @@ every backend can agree without bounds checks.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..attributes import DTYPE, NAME, NEW_DIM, SHAPE, AttrSpec
 from ..diagnostics import MeshirError
 from ..dtypes import f32, i32
-from ..registry import OpView, defop
+from ..ir import Operation
+from ..registry import NOT_DIFFERENTIABLE, OpView, defop
 from ..types import TensorType
 from .common import as_dtype, new_dim_name, require_dims, require_dtype, require_same_dtype
+from .grad_helpers import Cotangents, zeros_like
+
+if TYPE_CHECKING:
+    from ..emitter import Emitter
 
 one_hot = defop(
     "one_hot", 1, "indexing",
@@ -169,3 +176,23 @@ def _iota(op: OpView) -> np.ndarray:
 
 # Values are coordinates along `dim`: a block of it would count from zero.
 iota.splittable(lambda view: frozenset(d.name for d in view.attr("shape") if d.name != view.attr("dim")))
+
+
+# ---------------------------------------------------------------------------- gradients
+# gather and scatter_add are each other's transposes; indices get no gradient.
+
+
+@gather.gradient
+def _gather_gradient(e: Emitter, op: Operation, cotangents: Cotangents) -> Cotangents:
+    x, indices = op.operands
+    return [e.emit("scatter_add", zeros_like(e, x), indices, cotangents[0], dim=op.attr("dim")), None]
+
+
+@scatter_add.gradient
+def _scatter_add_gradient(e: Emitter, op: Operation, cotangents: Cotangents) -> Cotangents:
+    g, indices = cotangents[0], op.operands[1]
+    return [g, None, e.emit("gather", g, indices, dim=op.attr("dim"))]
+
+
+one_hot.gradient(NOT_DIFFERENTIABLE)
+iota.gradient(NOT_DIFFERENTIABLE)

@@ -3,14 +3,21 @@ value to another mesh. Both are the identity on the global value; the spmd pass
 turns them into collectives."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..attributes import LAYOUT, SYMBOL, AttrSpec
 from ..diagnostics import MeshirError
+from ..ir import Function, Operation, Value
 from ..mesh import LayoutRules, Mesh, ValueLayout
 from ..registry import OpView, defop
 from ..types import TensorType
 from .common import same_as_operand
+from .grad_helpers import Cotangents
+
+if TYPE_CHECKING:
+    from ..emitter import Emitter
 
 
 def check_value_layout(view: OpView, rules: LayoutRules, ttype: TensorType, mesh: Mesh) -> ValueLayout:
@@ -96,3 +103,26 @@ def _transfer_type(view: OpView) -> TensorType:
 
 transfer.reference(_identity)
 transfer.splittable("all")
+
+
+# ---------------------------------------------------------------------------- gradients
+
+reshard.gradient(lambda e, op, cotangents: [e.emit("reshard", cotangents[0], layout=op.attr("layout"))])
+
+
+def _mesh_symbol_of(function: Function, value: Value) -> str | None:
+    """The mesh a value of a global function lives on: the `to` of the nearest
+    transfer it comes from, else the function's own mesh."""
+    while value.owner is not None and value.owner.operands:
+        if value.owner.name == "transfer":
+            return value.owner.attr("to").name
+        value = value.owner.operands[0]
+    return function.mesh_symbol()
+
+
+@transfer.gradient
+def _transfer_gradient(e: Emitter, op: Operation, cotangents: Cotangents) -> Cotangents:
+    """The cotangent moves back to the operand's mesh (where there is one)."""
+    source = _mesh_symbol_of(e.function, op.operands[0])
+    g = cotangents[0]
+    return [g if source is None else e.emit("transfer", g, to=f"@{source}")]

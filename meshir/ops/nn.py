@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -21,9 +21,15 @@ from .. import random
 from ..attributes import DTYPE, FLOAT, INT, INTS, NAME, NAMES, SHAPE, AttrSpec, Name, one_of
 from ..diagnostics import MeshirError
 from ..dtypes import f32, i32
-from ..registry import OpView, defop
+from ..ir import Operation
+from ..registry import NOT_DIFFERENTIABLE, REGISTRY, OpView, defop
 from ..types import Dim, TensorType
 from .common import align, as_dtype, require_dims, require_dtype, require_same_dtype
+from .grad_helpers import Cotangents, GradientRule, in_order, scalar, unbroadcast
+from .windows import Window, avg_pool_gradient, conv_gradients, max_pool_gradient
+
+if TYPE_CHECKING:
+    from ..emitter import Emitter
 
 _PADDING = AttrSpec(one_of("same", "valid"), Name("valid"))
 
@@ -481,3 +487,83 @@ def _layer_norm(op: OpView, x: np.ndarray, *params: np.ndarray) -> np.ndarray:
 
 
 layer_norm.splittable(lambda view: frozenset(n for n in view.operand_types[0].names if n not in view.attr("dims")))
+
+
+# ---------------------------------------------------------------------------- gradients
+
+
+def _conv_gradient(rank: int) -> GradientRule:
+    def rule(e: Emitter, op: Operation, cotangents: Cotangents) -> Cotangents:
+        view = OpView(op.opdef, op.operand_types, op.attributes)
+        x, kernel = op.operands
+        spatial, kernel_dims = op.attr("spatial"), op.attr("kernel_dims")
+        strides = _per_dim(view, "strides", spatial, (1,) * rank)
+        dilations = _per_dim(view, "dilation", spatial, (1,) * rank)
+        windows = [
+            Window(name, x.type.size_of(name), out, kernel.type.size_of(kdim), stride, dilation, low, high)
+            for name, kdim, stride, dilation, (out, low, high)
+            in zip(spatial, kernel_dims, strides, dilations, conv_geometry(view, rank))
+        ]
+        return conv_gradients(e, op.operands, cotangents[0], windows, kernel_dims, op.attr("in_channels"), op.attr("out_channels"))
+
+    return rule
+
+
+for _rank, _name in ((1, "conv1d"), (2, "conv2d")):
+    REGISTRY[_name].gradient(_conv_gradient(_rank))
+
+
+def _pool_geometry_windows(op: Operation) -> list[Window]:
+    window, strides, geometry = _pool_geometry(OpView(op.opdef, op.operand_types, op.attributes))
+    x = op.operands[0].type
+    return [Window(name, x.size_of(name), out, size, stride, 1, low, high)
+            for name, size, stride, (out, low, high) in zip(op.attr("spatial"), window, strides, geometry)]
+
+
+REGISTRY["max_pool"].gradient(lambda e, op, cotangents: [
+    max_pool_gradient(e, op.operands[0], op.result, cotangents[0], _pool_geometry_windows(op))
+])
+REGISTRY["avg_pool"].gradient(lambda e, op, cotangents: [
+    avg_pool_gradient(e, op.operands[0], cotangents[0], _pool_geometry_windows(op))
+])
+
+# The same draw (seed, step, global index) drops the same elements of the cotangent.
+dropout.gradient(lambda e, op, cotangents: [
+    e.emit("dropout", cotangents[0], *op.operands[1:], rate=op.attr("rate"), seed=op.attr("seed")),
+    *[None] * (len(op.operands) - 1),
+])
+for _name in ("random_uniform", "random_normal"):
+    REGISTRY[_name].gradient(NOT_DIFFERENTIABLE)
+
+
+@softmax_cross_entropy.gradient
+def _softmax_cross_entropy_gradient(e: Emitter, op: Operation, cotangents: Cotangents) -> Cotangents:
+    """logits: g * (softmax(logits) * sum(labels) - labels); labels: -g * log_softmax(logits)."""
+    (g,), (logits, labels), dim = cotangents, op.operands, op.attr("dim")
+    total = e.emit("reduce_sum", labels, dims=[dim])
+    expected = e.emit("mul", e.emit("softmax", logits, dim=dim), total)
+    d_logits = e.emit("mul", e.emit("sub", expected, labels), g)
+    d_labels = e.emit("mul", e.emit("neg", e.emit("log_softmax", logits, dim=dim)), g)
+    return [d_logits, in_order(e, d_labels, labels.type.names)]
+
+
+@layer_norm.gradient
+def _layer_norm_gradient(e: Emitter, op: Operation, cotangents: Cotangents) -> Cotangents:
+    """With xhat = (x - mean) * rstd: dx = rstd * (h - mean(h) - xhat * mean(h * xhat)),
+    h = g * scale; d scale = sum(g * xhat), d bias = sum(g), over what they lack."""
+    (g,), (x, *params) = cotangents, op.operands
+    dims, epsilon = op.attr("dims"), op.attr("epsilon")
+    xhat = e.emit("layer_norm", x, dims=dims, epsilon=epsilon)
+    centered = e.emit("sub", x, e.emit("reduce_mean", x, dims=dims))
+    variance = e.emit("reduce_mean", e.emit("square", centered), dims=dims)
+    rstd = e.emit("rsqrt", e.emit("add", variance, scalar(e, epsilon, x)))
+    h = e.emit("mul", g, params[0]) if params else g
+    mean_h = e.emit("reduce_mean", h, dims=dims)
+    mean_hx = e.emit("reduce_mean", e.emit("mul", h, xhat), dims=dims)
+    dx = e.emit("mul", e.emit("sub", e.emit("sub", h, mean_h), e.emit("mul", xhat, mean_hx)), rstd)
+    grads = [dx]
+    if params:
+        grads.append(unbroadcast(e, e.emit("mul", g, xhat), params[0].type))
+    if len(params) == 2:
+        grads.append(unbroadcast(e, g, params[1].type))
+    return grads

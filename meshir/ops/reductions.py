@@ -6,16 +6,21 @@ max -inf or the integer minimum, ...) and mean NaN, as IEEE would.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from ..attributes import AttrSpec, INT, NAME, NAMES
 from ..diagnostics import MeshirError
 from ..dtypes import i32
-from ..registry import OpView, defop
+from ..ir import Operation, Value
+from ..registry import NOT_DIFFERENTIABLE, REGISTRY, OpView, defop
 from ..types import TensorType
 from .common import as_dtype, axes_of, require_dims, require_dtype, same_as_operand
+from .grad_helpers import Cotangents, broadcast_to, fresh_dim, product_partial, scalar
+
+if TYPE_CHECKING:
+    from ..emitter import Emitter
 
 
 def _wide(x: np.ndarray, ttype: TensorType) -> np.ndarray:
@@ -208,3 +213,87 @@ for _name, (_kinds, _reference, _doc) in _ALONG_DIM.items():
     _op.type_rule(_along_dim_type_rule(_kinds))
     _op.reference(_reference)
     _op.splittable(_all_but_dim)
+
+
+# ---------------------------------------------------------------------------- gradients
+
+
+def _spread(e: Emitter, g: Value, x: Value) -> Value:
+    """The cotangent of a reduction, repeated over the reduced dimensions, in x's order."""
+    return broadcast_to(e, g, x.type)
+
+
+def _mean_gradient(e: Emitter, op: Operation, cotangents: Cotangents) -> Cotangents:
+    x = op.operands[0]
+    count = math.prod(x.type.size_of(n) for n in op.attr("dims"))
+    return [_spread(e, e.emit("mul", cotangents[0], scalar(e, 1.0 / max(count, 1), x)), x)]
+
+
+def _extreme_gradient(e: Emitter, op: Operation, cotangents: Cotangents) -> Cotangents:
+    """reduce_max and reduce_min: the cotangent goes to the elements equal to the
+    result, split evenly among ties (as JAX does)."""
+    x, y, g = op.operands[0], op.result, cotangents[0]
+    hits = e.emit("eq", x, y)
+    count = e.emit("reduce_sum", e.emit("cast", hits, dtype=x.type.dtype), dims=op.attr("dims"))
+    return [e.emit("select", hits, e.emit("div", g, count), scalar(e, 0.0, x))]
+
+
+def _prod_gradient(e: Emitter, op: Operation, cotangents: Cotangents) -> Cotangents:
+    dims = op.attr("dims")
+    partial = product_partial(e, op.operands[0], op.result,
+                              lambda v: e.emit("reduce_sum", v, dims=dims), lambda v: e.emit("reduce_prod", v, dims=dims))
+    return [e.emit("mul", partial, cotangents[0])]
+
+
+def _logsumexp_gradient(e: Emitter, op: Operation, cotangents: Cotangents) -> Cotangents:
+    x = op.operands[0]
+    return [e.emit("mul", e.emit("exp", e.emit("sub", x, op.result)), cotangents[0])]
+
+
+REGISTRY["reduce_sum"].gradient(lambda e, op, cotangents: [_spread(e, cotangents[0], op.operands[0])])
+REGISTRY["reduce_mean"].gradient(_mean_gradient)
+REGISTRY["reduce_max"].gradient(_extreme_gradient)
+REGISTRY["reduce_min"].gradient(_extreme_gradient)
+REGISTRY["reduce_prod"].gradient(_prod_gradient)
+REGISTRY["logsumexp"].gradient(_logsumexp_gradient)
+for _name in ("reduce_any", "reduce_all", "argmax", "argmin"):
+    REGISTRY[_name].gradient(NOT_DIFFERENTIABLE)
+
+
+@top_k.gradient
+def _top_k_gradient(e: Emitter, op: Operation, cotangents: Cotangents) -> Cotangents:
+    """Each value's cotangent goes back to its index: a one-hot of the indices over a
+    fresh copy of `dim`, contracted with the cotangent over the k picks."""
+    g = cotangents[0]
+    if g is None:
+        return [None]
+    x, indices = op.operands[0], op.results[1]
+    dim = op.attr("dim")
+    source = fresh_dim(f"{dim}_source", x.type)
+    hot = e.emit("one_hot", indices, dim=(source, x.type.size_of(dim)), dtype=x.type.dtype)
+    picked = e.emit("einsum", g, hot, output=[source if n == dim else n for n in x.type.names])
+    return [e.emit("rename", picked, from_=source, to=dim)]
+
+
+@REGISTRY["softmax"].gradient
+def _softmax_gradient(e: Emitter, op: Operation, cotangents: Cotangents) -> Cotangents:
+    """y * (g - sum(g * y)) along `dim`."""
+    y, g = op.result, cotangents[0]
+    dot = e.emit("reduce_sum", e.emit("mul", g, y), dims=[op.attr("dim")])
+    return [e.emit("mul", y, e.emit("sub", g, dot))]
+
+
+@REGISTRY["log_softmax"].gradient
+def _log_softmax_gradient(e: Emitter, op: Operation, cotangents: Cotangents) -> Cotangents:
+    """g - softmax(x) * sum(g) along `dim`."""
+    y, g = op.result, cotangents[0]
+    total = e.emit("reduce_sum", g, dims=[op.attr("dim")])
+    return [e.emit("sub", g, e.emit("mul", e.emit("exp", y), total))]
+
+
+@REGISTRY["cumsum"].gradient
+def _cumsum_gradient(e: Emitter, op: Operation, cotangents: Cotangents) -> Cotangents:
+    """The reversed cumulative sum of g: sum(g) - cumsum(g) + g."""
+    g = cotangents[0]
+    total = e.emit("reduce_sum", g, dims=[op.attr("dim")])
+    return [e.emit("add", e.emit("sub", g, e.emit("cumsum", g, dim=op.attr("dim"))), total)]

@@ -6,16 +6,21 @@ Dimensions keep their names through every op that does not say otherwise:
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from ..attributes import AttrSpec, BOOL, FLOAT, INT, INTS, NAME, NAMES, SHAPE
 from ..diagnostics import MeshirError
 from ..dtypes import DType
+from ..ir import Operation, Value
 from ..registry import OpView, defop
 from ..types import Dim, TensorType
 from .common import align, new_dim_name, require_dims
+from .grad_helpers import Cotangents, in_order, or_zeros, unbroadcast
+
+if TYPE_CHECKING:
+    from ..emitter import Emitter
 
 
 def _shape_text(dims: Sequence[Dim]) -> str:
@@ -350,3 +355,52 @@ def _shift(op: OpView, x: np.ndarray) -> np.ndarray:
 
 
 shift.splittable(_all_but("dim"))
+
+
+# ---------------------------------------------------------------------------- gradients
+
+
+def _concat_gradient(e: Emitter, op: Operation, cotangents: Cotangents) -> Cotangents:
+    """Each operand's piece of the cotangent along `dim`."""
+    dim, g = op.attr("dim"), cotangents[0]
+    grads: Cotangents = []
+    begin = 0
+    for operand in op.operands:
+        size = operand.type.size_of(dim)
+        grads.append(e.emit("slice", g, dim=dim, begin=begin, size=size))
+        begin += size
+    return grads
+
+
+def _pieces(e: Emitter, op: Operation, cotangents: Cotangents) -> list[Value]:
+    """Every result's cotangent, zeros where the loss does not depend on a result."""
+    return [or_zeros(e, g, result) for g, result in zip(cotangents, op.results)]
+
+
+def _pad_gradient(e: Emitter, op: Operation, cotangents: Cotangents) -> Cotangents:
+    dim = op.attr("dim")
+    size = op.operands[0].type.size_of(dim)
+    return [e.emit("slice", cotangents[0], dim=dim, begin=op.attr("low"), size=size)]
+
+
+def _slice_gradient(e: Emitter, op: Operation, cotangents: Cotangents) -> Cotangents:
+    dim, begin, size = op.attr("dim"), op.attr("begin"), op.attr("size")
+    high = op.operands[0].type.size_of(dim) - begin - size
+    return [e.emit("pad", cotangents[0], dim=dim, low=begin, high=high)]
+
+
+rename.gradient(lambda e, op, cotangents: [e.emit("rename", cotangents[0], from_=op.attr("to"), to=op.attr("from"))])
+reshape.gradient(lambda e, op, cotangents: [e.emit("reshape", cotangents[0], shape=op.operands[0].type.dims)])
+transpose.gradient(lambda e, op, cotangents: [in_order(e, cotangents[0], op.operands[0].type.names)])
+broadcast.gradient(lambda e, op, cotangents: [unbroadcast(e, cotangents[0], op.operands[0].type)])
+slice_.gradient(_slice_gradient)
+concat.gradient(_concat_gradient)
+split.gradient(lambda e, op, cotangents: [e.emit("concat", *_pieces(e, op, cotangents), dim=op.attr("dim"))])
+pad.gradient(_pad_gradient)
+stack.gradient(lambda e, op, cotangents: list(e.emit_op("unstack", cotangents[0], dim=op.attr("dim")).results))
+unstack.gradient(lambda e, op, cotangents: [
+    e.emit("stack", *_pieces(e, op, cotangents), dim=op.attr("dim"), axis=op.operands[0].type.axis_of(op.attr("dim")))
+])
+shift.gradient(lambda e, op, cotangents: [
+    e.emit("shift", cotangents[0], dim=op.attr("dim"), offset=-op.attr("offset"), wrap=op.attr("wrap"))
+])

@@ -15,9 +15,10 @@ import numpy as np
 from ..attributes import LAYOUT, SYMBOL, AttrSpec
 from ..diagnostics import MeshirError
 from ..ir import Variable
-from ..registry import OpView, defop
+from ..registry import NOT_DIFFERENTIABLE, OpView, defop
 from ..types import TensorType
 from .common import as_dtype, require_dtype, same_as_operand
+from .grad_helpers import zero_gradient
 from .mesh_ops import check_value_layout
 
 _STATE_ATTRS = {"var": AttrSpec(SYMBOL), "layout": AttrSpec(LAYOUT, None)}
@@ -61,6 +62,8 @@ def _read(op: OpView) -> np.ndarray:
 
 
 read.splittable("all")
+# read has no operand: the autodiff pass adds its cotangent to the variable's gradient.
+read.gradient(lambda e, op, cotangents: [])
 
 
 def _assign_type(view: OpView) -> list[TensorType]:
@@ -86,6 +89,7 @@ def _assign(op: OpView, x: np.ndarray) -> tuple:
 
 
 assign.splittable("all")
+assign.gradient(NOT_DIFFERENTIABLE)
 
 assign_add = defop(
     "assign_add", 1, "state", "Add the operand to the variable in place; no results.",
@@ -114,8 +118,10 @@ def _assign_add(op: OpView, x: np.ndarray) -> tuple:
 
 
 assign_add.splittable("all")
+assign_add.gradient(NOT_DIFFERENTIABLE)
 
 stop_gradient = defop("stop_gradient", 1, "state", "Identity whose gradient is zero: autodiff does not look through it.")
 stop_gradient.type_rule(same_as_operand)
 stop_gradient.reference(lambda op, x: x)
 stop_gradient.splittable("all")
+stop_gradient.gradient(zero_gradient)

@@ -1,0 +1,71 @@
+"""Which dtypes TensorFlow can run each op in, asked before anything runs.
+
+TensorFlow builds any node whose op definition accepts its dtypes, then fails
+when the session places it and finds no kernel for the device ("No OpKernel
+was registered to support Op 'Rint' ... T=DT_BFLOAT16"). The tf backend asks
+TensorFlow's kernel registry for every node it emits instead, so a gap is a
+diagnostic at emission that names the meshir op, the dtype and the TF op,
+never a crash in the middle of a run.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Iterable
+
+from .rules_common import tf
+
+from tensorflow.python.framework import kernels, op_def_registry  # noqa: E402  (after the lazy import of tf)
+
+
+@functools.cache
+def _kernel_constraints(op_type: str, device_kind: str) -> tuple[dict[str, frozenset[int]], ...]:
+    """One entry per kernel of `op_type` on `device_kind`: attribute -> the dtypes it allows."""
+    registered = kernels.get_registered_kernels_for_op(op_type).kernel
+    return tuple(
+        {c.name: frozenset(c.allowed_values.list.type) for c in kernel.constraint}
+        for kernel in registered if kernel.device_type == device_kind
+    )
+
+
+@functools.cache
+def has_kernels(device_kind: str) -> bool:
+    """Whether this TensorFlow build has kernels for `device_kind` at all
+    (tensorflow-cpu has none for GPU, so GPU graphs can be written but not checked)."""
+    return bool(_kernel_constraints("AddV2", device_kind))
+
+
+def _type_attrs(node: Any, names: Iterable[str]) -> dict[str, list[int]] | None:
+    """The node's dtype attributes among `names`, each as a list of DataType enums."""
+    values = {}
+    for name in names:
+        if name not in node.attr:
+            return None
+        attr = node.attr[name]
+        values[name] = list(attr.list.type) if attr.HasField("list") else [attr.type]
+    return values
+
+
+def missing_kernel(node: Any, device_kind: str) -> str | None:
+    """For a NodeDef that no kernel of `device_kind` can run: the attribute and dtype
+    that rule it out, as `T=bfloat16`; None when some kernel runs it."""
+    kernels_ = _kernel_constraints(node.op, device_kind)
+    blocking = None
+    for constraints in kernels_:
+        values = _type_attrs(node, constraints)
+        if values is None:
+            continue
+        bad = [(name, t) for name, types in values.items() for t in types if t not in constraints[name]]
+        if not bad:
+            return None
+        blocking = blocking or bad[0]
+    if blocking is None:
+        return "no kernel at all"
+    name, enum = blocking
+    return f"{name}={tf.dtypes.as_dtype(enum).name}"
+
+
+def allowed_dtypes(op_type: str, attr: str = "T") -> frozenset[Any]:
+    """The dtypes op `op_type`'s definition accepts for attribute `attr`."""
+    definition = op_def_registry.get(op_type)
+    (spec,) = [a for a in definition.attr if a.name == attr]
+    return frozenset(tf.dtypes.as_dtype(t) for t in spec.allowed_values.list.type)

@@ -1,0 +1,176 @@
+"""TensorFlow rules for shape, indexing, state, constant and mesh ops."""
+from __future__ import annotations
+
+import numpy as np
+
+from meshir.registry import OpView
+
+from .rules_common import Rule, align, as_type, axis_of, move_axis, pad_axis, slice_axis, tf, tf_dtype
+
+# ---------------------------------------------------------------------------- shape
+
+
+def _broadcast(op: OpView, x: tf.Tensor) -> tf.Tensor:
+    result = op.result_types[0]
+    return tf.broadcast_to(align(x, op.operand_types[0], result.names), result.shape)
+
+
+def _slice(op: OpView, x: tf.Tensor) -> tf.Tensor:
+    return slice_axis(x, axis_of(op), op.attr("begin"), op.attr("size"))
+
+
+def _split(op: OpView, x: tf.Tensor) -> tuple[tf.Tensor, ...]:
+    axis, pieces, begin = axis_of(op), [], 0
+    for size in op.attr("sizes"):
+        pieces.append(slice_axis(x, axis, begin, size))
+        begin += size
+    return tuple(pieces)
+
+
+def _pad(op: OpView, x: tf.Tensor) -> tf.Tensor:
+    with np.errstate(all="ignore"):
+        fill = np.asarray(op.attr("value")).astype(x.dtype.as_numpy_dtype)
+    return pad_axis(x, axis_of(op), op.attr("low"), op.attr("high"), fill)
+
+
+def _unstack(op: OpView, x: tf.Tensor) -> tuple[tf.Tensor, ...]:
+    return tuple(tf.unstack(x, axis=axis_of(op)))
+
+
+def _shift(op: OpView, x: tf.Tensor) -> tf.Tensor:
+    """out[i] = x[i - offset]; without wrap, the vacated positions are zero."""
+    axis, offset = axis_of(op), op.attr("offset")
+    length = x.shape[axis]
+    if op.attr("wrap"):
+        return tf.roll(x, offset % length, axis=axis) if length else x
+    kept = max(length - abs(offset), 0)
+    zero = np.zeros((), x.dtype.as_numpy_dtype)
+    if offset >= 0:
+        return pad_axis(slice_axis(x, axis, 0, kept), axis, length - kept, 0, zero)
+    return pad_axis(slice_axis(x, axis, length - kept, kept), axis, 0, length - kept, zero)
+
+
+# ---------------------------------------------------------------------------- indexing
+
+
+def _one_hot(op: OpView, indices: tf.Tensor) -> tf.Tensor:
+    # int64, so that every index dtype (u32 included) compares exactly.
+    classes = tf.range(op.attr("dim").size, dtype=tf.int64)
+    return as_type(tf.equal(tf.cast(indices, tf.int64)[..., None], classes), op.result_types[0])
+
+
+def _valid(indices: tf.Tensor, size: int) -> tuple[tf.Tensor, tf.Tensor]:
+    wide = tf.cast(indices, tf.int64)
+    return wide, (wide >= 0) & (wide < size)
+
+
+def _gather(op: OpView, x: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
+    result = op.result_types[0]
+    slices = move_axis(x, axis_of(op), 0)
+    if slices.shape[0] == 0:  # every index is out of range, and there is no row to pick
+        return tf.zeros(result.shape, tf_dtype(result.dtype))
+    wide, valid = _valid(indices, slices.shape[0])
+    # TF's Gather fails on an index out of range, so those pick row 0 and are masked.
+    picked = tf.gather(slices, tf.where(valid, wide, tf.zeros((), tf.int64)), axis=0)
+    mask = tf.reshape(valid, valid.shape + (1,) * (slices.shape.rank - 1))
+    return as_type(tf.where(mask, picked, tf.zeros((), picked.dtype)), result)
+
+
+def _scatter_add(op: OpView, x: tf.Tensor, indices: tf.Tensor, updates: tf.Tensor) -> tf.Tensor:
+    result = op.result_types[0]
+    # 16-bit floats accumulate in float32, as the reference.
+    accumulate = tf.float32 if result.dtype.is_float and result.dtype.itemsize < 4 else x.dtype
+    axis = axis_of(op)
+    target = move_axis(tf.cast(x, accumulate), axis, 0)
+    size = target.shape[0]
+    wide, valid = _valid(indices, size)
+    # TF's scatter fails on an index out of range: those rows land in one extra
+    # row past the end, which is cut off again.
+    rows = tf.reshape(tf.where(valid, wide, tf.constant(size, tf.int64)), [-1, 1])
+    padded = pad_axis(target, 0, 0, 1, np.zeros((), accumulate.as_numpy_dtype))
+    flat_updates = tf.reshape(tf.cast(updates, accumulate), [int(np.prod(indices.shape)), *target.shape[1:]])
+    summed = slice_axis(tf.tensor_scatter_nd_add(padded, rows, flat_updates), 0, 0, size)
+    return as_type(move_axis(summed, 0, axis), result)
+
+
+def _iota(op: OpView) -> tf.Tensor:
+    result = op.result_types[0]
+    axis = result.axis_of(op.attr("dim"))
+    # Count in int64 and convert once, as the reference's arange does.
+    coords = tf.reshape(tf.range(result.shape[axis], dtype=tf.int64), [-1 if a == axis else 1 for a in range(result.rank)])
+    return as_type(coords, result)
+
+
+# ---------------------------------------------------------------------------- state and constants
+
+
+def _read(op: OpView) -> tf.Tensor:
+    return op.state.read(op.attr("var").name)
+
+
+def _assign(op: OpView, x: tf.Tensor) -> tuple:
+    op.state.write(op.attr("var").name, x)
+    return ()
+
+
+def _assign_add(op: OpView, x: tf.Tensor) -> tuple:
+    name, ttype = op.attr("var").name, op.operand_types[0]
+    old = op.state.read(name)
+    if ttype.dtype.is_float and ttype.dtype.itemsize < 4:
+        old, x = tf.cast(old, tf.float32), tf.cast(x, tf.float32)
+    op.state.write(name, as_type(old + x, ttype))
+    return ()
+
+
+def _constant(op: OpView) -> tf.Tensor:
+    result = op.result_types[0]
+    value = op.attr("value")
+    dtype = result.dtype.numpy
+    if isinstance(value, tuple):
+        # numpy infers int64 for all-integer lists, so large i64 literals stay exact.
+        return tf.constant(np.array(value).astype(dtype).reshape(result.shape))
+    return tf.fill(result.shape, tf.constant(np.full((), value, dtype=dtype)))
+
+
+def _filled(fill: int | None) -> Rule:
+    def rule(op: OpView) -> tf.Tensor:
+        result = op.result_types[0]
+        value = op.attr("value") if fill is None else fill
+        return tf.fill(result.shape, tf.constant(np.full((), value, dtype=result.dtype.numpy)))
+
+    return rule
+
+
+def _identity(op: OpView, x: tf.Tensor) -> tf.Tensor:
+    return tf.identity(x)
+
+
+RULES: dict[str, Rule] = {
+    "rename": _identity,
+    "reshape": lambda op, x: tf.reshape(x, op.result_types[0].shape),
+    "transpose": lambda op, x: tf.transpose(x, [op.operand_types[0].axis_of(n) for n in op.attr("order")]),
+    "broadcast": _broadcast,
+    "slice": _slice,
+    "concat": lambda op, *xs: tf.concat(xs, axis=axis_of(op)),
+    "split": _split,
+    "pad": _pad,
+    "stack": lambda op, *xs: tf.stack(xs, axis=op.attr("axis")),
+    "unstack": _unstack,
+    "shift": _shift,
+    "one_hot": _one_hot,
+    "gather": _gather,
+    "scatter_add": _scatter_add,
+    "iota": _iota,
+    "read": _read,
+    "assign": _assign,
+    "assign_add": _assign_add,
+    "stop_gradient": lambda op, x: tf.stop_gradient(x),
+    "constant": _constant,
+    "zeros": _filled(0),
+    "ones": _filled(1),
+    "full": _filled(None),
+    # In a global program both are the identity on the value (the spmd pass turns
+    # them into collectives in local programs).
+    "reshard": _identity,
+    "transfer": _identity,
+}
