@@ -169,6 +169,28 @@ class AttrSpec:
         return self.default is REQUIRED
 
 
+def check_attributes(specs: dict[str, AttrSpec], values: dict[str, Any], owner: str, noun: str = "attribute") -> dict[str, Any]:
+    """`values` normalized by their declared kinds (defaults not filled in, so they
+    print as written); a MeshirError names the `owner` and the unknown, missing
+    or ill-kinded entry."""
+    from .diagnostics import MeshirError
+
+    normalized = {}
+    for key, value in values.items():
+        spec = specs.get(key)
+        if spec is None:
+            allowed = ", ".join(sorted(specs)) or "none"
+            raise MeshirError(f"{owner} has no {noun} '{key}' ({noun}s: {allowed})")
+        try:
+            normalized[key] = spec.kind.normalize(value)
+        except AttrTypeError as exc:
+            raise MeshirError(f"{owner} {noun} '{key}' must be {exc.args[0]}") from None
+    for key, spec in specs.items():
+        if spec.required and key not in normalized:
+            raise MeshirError(f"{owner} needs {noun} '{key}' ({spec.kind.description})")
+    return normalized
+
+
 def freeze(value: Any) -> Any:
     """Lists become tuples so attribute values hash (CSE keys on them)."""
     if isinstance(value, list):

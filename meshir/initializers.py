@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import random
-from .attributes import FLOAT, INT, NAMES, AttrKind, AttrSpec, AttrTypeError
+from .attributes import FLOAT, INT, NAMES, AttrKind, AttrSpec, AttrTypeError, check_attributes
 from .diagnostics import MeshirError
 from .types import TensorType
 
@@ -48,19 +48,7 @@ class Initializer:
     def check_args(self, args: dict[str, Any], ttype: TensorType) -> dict[str, Any]:
         """The arguments normalized (defaults not filled in, so they print as written);
         MeshirError for unknown, missing, ill-kinded arguments or ones illegal for `ttype`."""
-        normalized = {}
-        for key, value in args.items():
-            spec = self.args.get(key)
-            if spec is None:
-                allowed = ", ".join(sorted(self.args)) or "none"
-                raise MeshirError(f"initializer {self.name} has no argument '{key}' (arguments: {allowed})")
-            try:
-                normalized[key] = spec.kind.normalize(value)
-            except AttrTypeError as exc:
-                raise MeshirError(f"initializer {self.name} argument '{key}' must be {exc.args[0]}") from None
-        for key, spec in self.args.items():
-            if spec.required and key not in normalized:
-                raise MeshirError(f"initializer {self.name} needs argument '{key}' ({spec.kind.description})")
+        normalized = check_attributes(self.args, args, f"initializer {self.name}", "argument")
         if self.check_type is not None:
             self.check_type(ttype, self._with_defaults(normalized))
         return normalized

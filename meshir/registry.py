@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from .attributes import AttrSpec, AttrTypeError
+from .attributes import AttrSpec, check_attributes
 from .diagnostics import MeshirError
 from .types import TensorType
 
@@ -114,20 +114,7 @@ class OpDef:
 
     def check_attributes(self, attributes: dict[str, Any]) -> dict[str, Any]:
         """Normalized attributes; MeshirError naming an unknown, missing or ill-kinded one."""
-        normalized = {}
-        for key, value in attributes.items():
-            spec = self.attrs.get(key)
-            if spec is None:
-                allowed = ", ".join(sorted(self.attrs)) or "none"
-                raise MeshirError(f"{self.name} has no attribute '{key}' (attributes: {allowed})")
-            try:
-                normalized[key] = spec.kind.normalize(value)
-            except AttrTypeError as exc:
-                raise MeshirError(f"{self.name} attribute '{key}' must be {exc.args[0]}") from None
-        for key, spec in self.attrs.items():
-            if spec.required and key not in normalized:
-                raise MeshirError(f"{self.name} needs attribute '{key}' ({spec.kind.description})")
-        return normalized
+        return check_attributes(self.attrs, attributes, self.name)
 
     def check_operand_count(self, count: int) -> None:
         lo, hi = self.min_operands, self.max_operands

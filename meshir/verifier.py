@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .attributes import BOOL, LAYOUT, SYMBOL, AttrSpec, SymbolRef
+from .attributes import BOOL, AttrSpec, SymbolRef, check_attributes
 from .diagnostics import Location, MeshirError
 from .ir import Function, Module, Operation, Variable
 from .mesh import LayoutRules, Mesh
@@ -42,23 +42,9 @@ def verify_variable(variable: Variable) -> None:
         raise _at(variable.loc, f"variable @{variable.name}: unknown initializer '{variable.initializer}' (initializers: {known})")
     try:
         variable.init_args = init.check_args(variable.init_args, variable.type)
-        variable.attributes = _check_attrs(VARIABLE_ATTRS, variable.attributes, f"variable @{variable.name}")
+        variable.attributes = check_attributes(VARIABLE_ATTRS, variable.attributes, f"variable @{variable.name}")
     except MeshirError as exc:
         raise _at(variable.loc, exc.message) from None
-
-
-def _check_attrs(specs: dict[str, AttrSpec], attrs: dict[str, Any], owner: str) -> dict[str, Any]:
-    from .attributes import AttrTypeError
-
-    out = {}
-    for key, value in attrs.items():
-        if key not in specs:
-            raise MeshirError(f"{owner} has no attribute '{key}' (attributes: {', '.join(sorted(specs))})")
-        try:
-            out[key] = specs[key].kind.normalize(value)
-        except AttrTypeError as exc:
-            raise MeshirError(f"{owner} attribute '{key}' must be {exc.args[0]}") from None
-    return out
 
 
 def function_mesh_and_layout(module: Module, function: Function) -> tuple[Mesh | None, LayoutRules | None]:

@@ -54,6 +54,7 @@ class LowerContext:
 
 Rule = Callable[[LowerContext, Operation, list[Sharded]], list[Sharded]]
 
+
 def _axes_by_dim(op: Operation, layouts: list[ValueLayout]) -> dict[str, tuple[str, ...]]:
     axes: dict[str, tuple[str, ...]] = {}
     for value, layout in zip(op.results, layouts):

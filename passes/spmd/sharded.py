@@ -59,9 +59,6 @@ class LocalBuilder:
     def emit1(self, name: str, operands: list[Value], attributes: dict[str, Any], result_name: str | None = None) -> Value:
         return self.emit(name, operands, attributes, result_name)[0]
 
-    def layout_split(self, layout: ValueLayout, index: int) -> int:
-        return layout.split_count(self.mesh, index)
-
 
 def _common_prefix(a: tuple[str, ...], b: tuple[str, ...]) -> int:
     n = 0
