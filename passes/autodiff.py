@@ -47,6 +47,7 @@ def differentiate(module: Module, function: Function, loss: Value, sources: Sequ
     local function the loss is each device's, and the gradients are those of the
     sum of every device's loss."""
     forward = len(function.ops)
+    forward_ops = set(function.ops)
     active = _active(function, sources)
     e = Emitter(module, function)
     cotangents: dict[Value, Value] = {loss: e.emit("ones", shape=(), dtype=loss.type.dtype)}
@@ -54,6 +55,7 @@ def differentiate(module: Module, function: Function, loss: Value, sources: Sequ
         outputs = [cotangents.get(r) for r in op.results]
         if all(g is None for g in outputs) or not any(v in active for v in op.operands):
             continue
+        _name_cotangents(op, outputs, forward_ops)
         rule = op.opdef.gradient_fn
         if rule == NOT_DIFFERENTIABLE:
             continue
@@ -73,6 +75,13 @@ def differentiate(module: Module, function: Function, loss: Value, sources: Sequ
     results = [cotangents.get(s) for s in sources]
     _drop_unused_backward_ops(function, forward, results)
     return results
+
+
+def _name_cotangents(op: Operation, outputs: list[Value | None], forward_ops: set[Operation]) -> None:
+    """`%d_h` for the (complete) cotangent of `%h`, so the backward IR reads like the forward."""
+    for result, g in zip(op.results, outputs):
+        if g is not None and g.name is None and result.name is not None and g.owner not in forward_ops:
+            g.name = f"d_{result.name}"
 
 
 def _drop_unused_backward_ops(function: Function, forward: int, results: list[Value | None]) -> None:

@@ -70,12 +70,15 @@ def with_gradients(module: Module, function_name: str, wrt: list[str]) -> Module
 
 
 def directional_check(loss: Callable[[Arrays], float], inputs: Arrays, gradients: Mapping[str, np.ndarray],
-                      rng: np.random.Generator, dtypes: Mapping[str, str], directions: int = 2) -> list[str]:
+                      rng: np.random.Generator, dtypes: Mapping[str, str], directions: int = 2,
+                      step: float | None = None) -> list[str]:
     """Compare each gradient with central differences of `loss` along random
-    directions; the disagreements, described."""
+    directions; the disagreements, described. A smaller `step` than the dtype's
+    crosses fewer kinks (relu) in a large model."""
     problems = []
     for name, grad in gradients.items():
-        step, tol = STEP[dtypes[name]], TOLERANCE[dtypes[name]]
+        tol = TOLERANCE[dtypes[name]]
+        step = step or STEP[dtypes[name]]
         for _ in range(directions):
             v = rng.standard_normal(np.shape(inputs[name]))
             plus = {**inputs, name: (inputs[name] + step * v).astype(inputs[name].dtype)}

@@ -18,7 +18,7 @@ SCRIPTS = sorted(EXAMPLES.glob("*.py"))
 
 
 def test_examples_exist():
-    assert {p.name for p in MIR_FILES} >= {"mlp.mir", "transformer_block.mir"}
+    assert {p.name for p in MIR_FILES} >= {"mlp.mir", "transformer_block.mir", "digits_mlp.mir"}
     assert "mlp_builder.py" in {p.name for p in SCRIPTS}
 
 
@@ -31,8 +31,8 @@ def test_mir_example_runs_on_the_reference_backend(path, capsys):
 
 
 @pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.name)
-def test_builder_script_runs(path):
-    result = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=120)
+def test_example_script_runs(path, tmp_path):
+    result = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
 

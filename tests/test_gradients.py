@@ -51,7 +51,7 @@ def differentiable(opdef) -> bool:
     return opdef.gradient_fn is not NOT_DIFFERENTIABLE and not opdef.local_only and opdef.min_operands > 0
 
 
-def testable(prog: Program) -> bool:
+def has_gradient_to_check(prog: Program) -> bool:
     """Some float operand and some float result: a gradient to check."""
     return any(t.dtype.is_float for _, t in prog.args) and any(t.dtype.is_float for t in prog.results)
 
@@ -65,7 +65,7 @@ def cases() -> dict[str, Program]:
         samples = [float64(s) for s in SAMPLES.get(opdef.name, [])] + EXTRA.get(opdef.name, [])
         for index, sample in enumerate(samples):
             prog = program(opdef.name, index, sample)
-            if testable(prog):
+            if has_gradient_to_check(prog):
                 found[prog.name] = prog
     return found
 
@@ -117,6 +117,37 @@ def test_gradient_matches_jax(name):
         np.testing.assert_allclose(grads[n], expected[n], rtol=1e-9, atol=1e-9, err_msg=f"d loss / d {n}")
 
 
+# Inputs drawn from {-1, 0, 1, 2}: ties for the extremes (maximum, minimum, reduce_max and
+# reduce_min split the cotangent evenly among ties; max_pool and top_k send it to the
+# first), zeros for the product. Ties are where finite differences do not apply;
+# JAX makes the same choices.
+EDGES: dict[str, Sample] = {
+    "maximum": S("x: f64[a=3, b=4]", "y: f64[b=4]"),
+    "minimum": S("x: f64[a=3, b=4]", "y: f64[b=4]"),
+    "reduce_max": S("x: f64[a=3, b=4]", attrs="{dims = [b]}"),
+    "reduce_min": S("x: f64[a=3, b=4]", attrs="{dims = [a, b]}"),
+    "max_pool": S("x: f64[n=2, w=7]", attrs="{spatial = [w], window = [3], strides = [2], padding = same}"),
+    "top_k": S("x: f64[a=3, b=5]", attrs="{dim = b, k = 3}"),
+    "reduce_prod": S("x: f64[a=6, b=3]", attrs="{dims = [b]}"),
+}
+
+
+@pytest.mark.parametrize("op", list(EDGES))
+def test_gradient_at_ties_and_zeros_matches_jax(op):
+    prog = program(op, 0, EDGES[op])
+    module = prog.module(MESH, LayoutRules(()))
+    function = module.function("f")
+    rng = rng_for(f"edges/{op}")
+    inputs = {name: rng.integers(-1, 3, ttype.shape).astype(np.float64) for name, ttype in prog.args}
+    wrt = list(inputs)
+    inputs.update(add_weighted_loss(module, function, rng))
+    verify_module(module)
+    outputs = Interpreter(with_gradients(module, "f", wrt)).run("f", inputs)
+    expected = jax_gradients(module, "f", inputs, wrt)
+    for n in wrt:
+        np.testing.assert_allclose(outputs[f"d_{n}"], expected[n], rtol=1e-12, atol=1e-12, err_msg=f"d loss / d {n}")
+
+
 # --- collectives: gradients of local programs ----------------------------------------
 # A local program's loss is the sum over devices of each device's loss; each device's
 # operand is its own input. Finite differences run the numpy simulator of every device,
@@ -137,10 +168,10 @@ LOCAL: dict[str, list[Sample]] = {
     # Offsets past either end are clamped.
     "dynamic_slice": [S(X, "o: i32[]", attrs="{dim = b, size = 3}", bounds={"o": (-3, 10)})],
 }
-LOCAL_CASES = [f"{op}[{i}]" for op, samples in LOCAL.items() for i in range(len(samples))]
+LOCAL_CASES = {f"{op}[{i}]": (op, sample) for op, samples in LOCAL.items() for i, sample in enumerate(samples)}
 # JAX has no differentiation rule for pmax and pmin: those cases check against finite differences only.
-JAX_CASES = [name for name in LOCAL_CASES if not any(f"reduce = {r}" in LOCAL[name.split("[")[0]][int(name[-2])].attrs
-                                                     for r in ("max", "min"))]
+JAX_CASES = [name for name, (_, sample) in LOCAL_CASES.items()
+             if "reduce = max" not in sample.attrs and "reduce = min" not in sample.attrs]
 
 
 def test_every_differentiable_collective_has_a_case():
@@ -151,8 +182,7 @@ def test_every_differentiable_collective_has_a_case():
 @cache
 def local_setup(name: str):
     """(forward module, stacked per-device inputs, meshir's gradients stacked per device)."""
-    op, index = name[:-1].split("[")
-    sample = LOCAL[op][int(index)]
+    op, sample = LOCAL_CASES[name]
     operands = ", ".join(f"%{o}" for o in sample.operands)
     text = "\n".join([LOCAL_MESH, f"func @f({operands}) -> () attributes {{spmd = @m}} {{",
                       f"  %r = {op}({', '.join('%' + o.split(':')[0] for o in sample.operands)}) {sample.attrs}", "  return", "}", ""])
@@ -166,10 +196,10 @@ def local_setup(name: str):
             inputs[arg.name] = rng.standard_normal((8, *arg.type.shape))
         else:
             inputs[arg.name] = rng.integers(*sample.bounds[arg.name], (8, *arg.type.shape)).astype(np.int32)
+    wrt = [a.name for a in function.args if a.type.dtype.is_float]
     weights = add_weighted_loss(module, function, rng)
     inputs.update({k: np.stack([v * (d + 1) for d in range(8)]) for k, v in weights.items()})  # a weight per device
     verify_module(module)
-    wrt = [a.name for a in function.args if a.type.dtype.is_float and a.name in inputs and not a.name.startswith("w")]
     outputs = Interpreter(with_gradients(module, "f", wrt)).run_local("f", per_device(inputs))
     return module, inputs, wrt, {n: np.stack(outputs[f"d_{n}"]) for n in wrt}
 
@@ -178,7 +208,7 @@ def per_device(stacked: dict[str, np.ndarray]) -> dict[str, list[np.ndarray]]:
     return {k: list(v) for k, v in stacked.items()}
 
 
-@pytest.mark.parametrize("name", LOCAL_CASES)
+@pytest.mark.parametrize("name", list(LOCAL_CASES))
 def test_collective_gradient_matches_finite_differences(name):
     module, inputs, wrt, grads = local_setup(name)
     interpreter = Interpreter(module)

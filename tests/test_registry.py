@@ -1,5 +1,6 @@
 """The op registry is complete: every op of DESIGN section 4 is defined once with
-a type rule, a reference implementation and a splittable rule."""
+a type rule, a reference implementation, a splittable rule and a gradient rule
+(or an explicit NOT_DIFFERENTIABLE)."""
 import pytest
 
 from meshir.registry import NOT_DIFFERENTIABLE, all_ops, find
@@ -52,6 +53,14 @@ def test_every_op_has_type_reference_and_splittable_rules(opdef):
     missing = [r for r in ("type", "reference", "splittable") if r not in rules]
     assert not missing, f"{opdef.name} lacks {missing}"
     assert opdef.doc
+
+
+@pytest.mark.parametrize("opdef", list(all_ops()), ids=lambda op: op.name)
+def test_every_op_has_a_gradient_rule_or_says_it_has_none(opdef):
+    rule = opdef.gradient_fn
+    assert rule is NOT_DIFFERENTIABLE or callable(rule), (
+        f"{opdef.name} needs `{opdef.name}.gradient(fn)` or `{opdef.name}.gradient(NOT_DIFFERENTIABLE)`"
+    )
 
 
 def test_rule_table(capsys):

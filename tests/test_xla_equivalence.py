@@ -23,7 +23,7 @@ import pytest
 
 from meshir.mesh import LayoutRules, Mesh
 
-from .spmd_matrix import MESHES, Outputs, all_programs, program, reference
+from .spmd_matrix import MESHES, Backend, Outputs, all_programs, program, reference
 from .xla_matrix import COLUMNS, Case, Column, cases, check_batch, failure_report
 
 CAP = 0  # layouts beyond the always-included ones, per (sample, mesh)
@@ -71,7 +71,8 @@ def test_chunks_hold_every_case_once():
 
 
 def one_case_per_sample(mesh: Mesh) -> list[Case]:
-    """Every sample under its all-dimensions-split layout (the last always-included one)."""
+    """Every sample once, under the last layout `layouts(prog, mesh, 0)` gives (one
+    splitting every dimension, where the sample has such a layout)."""
     return [Case(p, mesh, cases([p], mesh, 0)[-1].rules, f"c{i}_")
             for i, p in enumerate(q for q in all_programs() if q.runs_on(mesh))]
 
@@ -85,11 +86,11 @@ def test_batching_keeps_every_case_meaning():
     assert check_batch(batch, [Column("global", reference)]) == []
 
 
-def raising_on(op: str):
-    """A column that runs the reference, but raises when the batch holds `op`."""
+def raising_on(op: str, count: int = 1) -> Backend:
+    """A column that runs the reference, but raises when the batch holds `count` `op`s."""
 
     def column(module, inputs: Outputs) -> Outputs:
-        if any(o.name == op for o in module.function("f").ops):
+        if sum(o.name == op for o in module.function("f").ops) >= count:
             raise RuntimeError(f"cannot run {op}\nmore detail")
         return reference(module, inputs)
 
@@ -105,7 +106,14 @@ def test_a_raising_batch_is_bisected_to_the_cases_that_raise():
     assert message.endswith("crash: RuntimeError: cannot run top_k")
 
 
-def nudged(only: str | None = None):
+def test_cases_that_raise_only_together_fail_the_batch_that_holds_them():
+    batch = one_case_per_sample(MESHES[2])
+    (failure,) = check_batch(batch, [Column("pair", raising_on("top_k", count=2))])
+    assert "pair: RuntimeError: cannot run top_k (in a batch of " in str(failure)
+    assert str(failure).endswith("each half runs alone)")
+
+
+def nudged(only: str | None = None) -> Backend:
     """A column running the reference and moving float outputs (all, or the one named
     `only`) one representable value up."""
 

@@ -1,11 +1,10 @@
 """The XLA column of the equivalence matrix (tests/spmd_matrix.py), batched.
 
-An XLA compile costs ~0.3 s plus ~20 ms per op on this machine, so cases are
-not compiled one by one: `batch_module` puts many cases of one mesh into ONE
-global function `@f`.
-Each case gets its own names, prefixed `c<i>_`: dimensions (so that one layout
-map, the union of every case's prefixed rules, lays out every case as its own
-rules do), values and variables. The function's arguments are every case's
+An XLA compile costs ~0.3 s plus ~20 ms per op on a 2-core machine, so cases
+are not compiled one by one: `batch_module` puts many cases of one mesh into ONE
+global function `@f`. Each case gets its own names, prefixed `c<i>_`:
+dimensions (so that one layout map, the union of every case's prefixed rules,
+lays out every case as its own rules do), values and variables. The function's arguments are every case's
 arguments and its results every case's results; cases share nothing, so
 partitioning the batch partitions each case as it would alone.
 
@@ -186,8 +185,9 @@ def _run(column: Column, batch: Sequence[Case]) -> tuple[list[tuple[Case, Output
         ran, failed = _run(column, batch[:half])
         more, more_failed = _run(column, batch[half:])
         if not failed and not more_failed:  # never pass silently: name the batch
-            return [], [batch[0].failure(column.name, f"{_message(exc)} (in a batch of {len(batch)} cases "
-                                                      f"{batch[0].prefix}..{batch[-1].prefix}; each half runs alone)")]
+            held = ", ".join(f"{c.program.name} {c.rules}" for c in batch[:4]) + (", ..." if len(batch) > 4 else "")
+            return [], [batch[0].failure(column.name, f"{_message(exc)} (in a batch of {len(batch)} cases: {held}; "
+                                                      "each half runs alone)")]
         return ran + more, failed + more_failed
     return list(zip(batch, case_outputs(batch, outputs))), []
 

@@ -8,6 +8,7 @@ from meshir.ir import Module
 
 DEFAULT_PIPELINE = "layout,spmd"
 EMIT_MODES = ("spmd", "gspmd")
+TF_COLLECTIVES = ("explicit", "v2")  # meshir.backends.tf.COLLECTIVE_MODES, without importing TensorFlow
 
 
 def add_program_flags(parser: argparse.ArgumentParser) -> None:
@@ -18,6 +19,9 @@ def add_program_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--devices", type=int, help="number of devices (default: the mesh's size)")
     parser.add_argument("--emit-mode", default="spmd", choices=EMIT_MODES,
                         help="spmd: meshir partitions (default); gspmd: the global program with shardings, XLA partitions")
+    parser.add_argument("--tf-collectives", default="explicit", choices=TF_COLLECTIVES,
+                        help="tf backend: explicit cross-device transfers (default, fastest on CPU) or TensorFlow's "
+                             "v2 collective ops (NCCL on GPUs)")
 
 
 def prepare(module: Module, args: argparse.Namespace) -> tuple[Module, str]:
@@ -49,3 +53,12 @@ def compile_xla(module: Module, entry: str, emit_mode: str):
     if emit_mode == "gspmd" and module.mesh_of(function) is not None:
         return compile_global_gspmd(module, entry)
     return compile_global(module, entry)
+
+
+def compile_tf(module: Module, entry: str, args: argparse.Namespace):
+    """The entry function as a TensorFlow graph (local after `spmd`, else one device)."""
+    if args.emit_mode == "gspmd":
+        raise FlagError("--emit-mode gspmd: XLA's partitioner has no TensorFlow counterpart; the tf backend emits meshir's own partitioning")
+    from meshir.backends.tf import compile_program
+
+    return compile_program(module, entry, collectives=args.tf_collectives)

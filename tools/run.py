@@ -9,10 +9,11 @@ import numpy as np
 
 from meshir.diagnostics import FlagError
 
-from .common import EXIT_OK, atomic_write, internal_error, load_module, run_main
-from .compile import add_program_flags, compile_xla, prepare
+from .common import EXIT_OK, EXIT_RUNTIME, atomic_write, internal_error, load_module, run_main
+from .compile import add_program_flags, compile_tf, compile_xla, prepare
+from .train import train_loop
 
-BACKENDS = ("reference", "xla")
+BACKENDS = ("reference", "xla", "tf")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +25,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed for inputs drawn when --inputs is not given (default 0)")
     parser.add_argument("--check", action="store_true", help="also run the reference and print the largest difference")
     add_program_flags(parser)
+    training = parser.add_argument_group("training (--train)")
+    training.add_argument("--train", action="store_true", help="train the entry function's loss on --data")
+    training.add_argument("--data", help="an .npz with <argument>_train and <argument>_test arrays (x_train, y_train, ...)")
+    training.add_argument("--steps", type=int, default=100, help="train steps (default 100)")
+    training.add_argument("--batch", type=int, help="batch size: resizes the leading dimension of the entry's arguments")
+    training.add_argument("--optimizer", default="adam", help="sgd, momentum, adam or adafactor (default adam)")
+    training.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
+    training.add_argument("--eval", help="evaluation function averaged over the test set (default @accuracy if present)")
+    training.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (default: only at the end)")
     return parser
 
 
@@ -63,6 +73,57 @@ def save_outputs(path: str, outputs: dict[str, np.ndarray]) -> None:
     atomic_write(path, buffer.getvalue())
 
 
+def train(args: argparse.Namespace) -> int:
+    """Build the train step, then run the training loop on the chosen backend."""
+    from meshir.interpreter import Interpreter
+
+    from .train import load_dataset, resize_dimension, train_pipeline
+
+    if not args.data:
+        raise FlagError("--train needs --data FILE.npz")
+    module = load_module(args.input, args.mesh, args.layout)
+    entry = module.function(args.entry).name
+    if args.batch is not None:
+        batch_dim = module.functions[entry].args[0].type.dims[0].name
+        resize_dimension(module, batch_dim, args.batch)
+    eval_name = (args.eval or ("@accuracy" if "accuracy" in module.functions else "")).lstrip("@") or None
+    if eval_name is not None:
+        module.function(eval_name)
+    dataset = load_dataset(args.data, module.functions[entry])
+    if args.passes is None:
+        args.passes = train_pipeline(entry, args.optimizer, args.lr, partition=args.backend == "xla")
+    if args.backend == "reference":
+        from meshir.passes.pipeline import PassManager, parse_pipeline
+
+        PassManager(parse_pipeline(args.passes)).run(module)
+        interpreter = Interpreter(module)
+        run_function = interpreter.run
+    else:
+        module, entry = prepare(module, args)
+        run_function = xla_runner(module, args.emit_mode)
+    metrics = train_loop(run_function, module, entry, eval_name, dataset, args.steps, args.eval_every, args.seed)
+    return EXIT_OK if np.isfinite(metrics["loss"]) else EXIT_RUNTIME
+
+
+def xla_runner(module, emit_mode: str):
+    """Run functions of `module` through XLA, compiling each once and keeping the
+    variables on the devices between calls."""
+    from meshir.interpreter import Interpreter
+
+    state = dict(Interpreter(module).state)
+    programs = {}
+
+    def run_function(name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if name not in programs:
+            programs[name] = compile_xla(module, name, emit_mode)
+        program = programs[name]
+        outputs, written = program(inputs, {p.name: state[p.name] for p in program.variables})
+        state.update(written)
+        return {k: np.asarray(v) for k, v in outputs.items()}
+
+    return run_function
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
@@ -71,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.backend not in BACKENDS:
             raise FlagError(f"--backend: unknown backend '{args.backend}' (backends: {', '.join(BACKENDS)})")
+        if args.train and args.backend == "tf":
+            raise FlagError("--train: training runs on the reference and xla backends; the tf backend runs one function")
+        if args.train:
+            return train(args)
         module = load_module(args.input, args.mesh, args.layout)
         function = module.function(args.entry)
         types = [v.type for v in function.returns]
@@ -81,7 +146,11 @@ def main(argv: list[str] | None = None) -> int:
             outputs = expected
         else:
             module, entry = prepare(load_module(args.input, args.mesh, args.layout), args)
-            outputs, _ = compile_xla(module, entry, args.emit_mode).run(inputs)
+            if args.backend == "tf":
+                program = compile_tf(module, entry, args)
+            else:
+                program = compile_xla(module, entry, args.emit_mode)
+            outputs, _ = program.run(inputs)
         for (name, array), ttype in zip(outputs.items(), types):
             print(format_output(name, array, str(ttype)))
         if args.check:

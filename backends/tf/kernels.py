@@ -19,11 +19,12 @@ from tensorflow.python.framework import kernels, op_def_registry  # noqa: E402  
 
 @functools.cache
 def _kernel_constraints(op_type: str, device_kind: str) -> tuple[dict[str, frozenset[int]], ...]:
-    """One entry per kernel of `op_type` on `device_kind`: attribute -> the dtypes it allows."""
+    """One entry per kernel of `op_type` that runs on `device_kind` (its own, or a
+    DEFAULT kernel, which runs anywhere): attribute -> the dtypes it allows."""
     registered = kernels.get_registered_kernels_for_op(op_type).kernel
     return tuple(
         {c.name: frozenset(c.allowed_values.list.type) for c in kernel.constraint}
-        for kernel in registered if kernel.device_type == device_kind
+        for kernel in registered if kernel.device_type in (device_kind, "DEFAULT")
     )
 
 

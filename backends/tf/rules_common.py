@@ -98,10 +98,12 @@ def zeros(ttype: TensorType) -> tf.Tensor:
 
 
 def move_axis(x: tf.Tensor, source: int, destination: int) -> tf.Tensor:
-    """numpy.moveaxis for one axis."""
-    order = [a for a in range(x.shape.rank) if a != source]
+    """numpy.moveaxis for one axis (negative positions count from the end)."""
+    rank = x.shape.rank
+    source, destination = source % rank, destination % rank
+    order = [a for a in range(rank) if a != source]
     order.insert(destination, source)
-    return x if order == list(range(x.shape.rank)) else tf.transpose(x, order)
+    return x if order == list(range(rank)) else tf.transpose(x, order)
 
 
 def slice_axis(x: tf.Tensor, axis: int, begin: int | tf.Tensor, size: int) -> tf.Tensor:

@@ -1,0 +1,145 @@
+"""`meshir-run --train`: the training loop around a train step.
+
+The entry function computes a scalar loss from a batch; `autodiff{func=...}` and
+`optimizer{...}` turn it into a train step, and (for the xla backend)
+`layout,spmd` partition it with the module's other functions. Data come from an
+.npz holding `<argument>_train` and `<argument>_test` arrays (Keras' mnist.npz
+names: `x_train`, `y_train`, ...); batches are drawn in a seeded shuffled order.
+An evaluation function (`--eval`, default `@accuracy` when the module has one)
+with the same arguments is averaged over the test set's full batches.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from meshir.diagnostics import FlagError
+from meshir.ir import Function, Module
+
+Runner = Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+@dataclass
+class Dataset:
+    train: dict[str, np.ndarray]
+    test: dict[str, np.ndarray]
+    batch: int
+
+    def batches(self, seed: int):
+        """Endless full batches of the training split, reshuffled every epoch."""
+        count = len(next(iter(self.train.values())))
+        rng = np.random.default_rng(seed)
+        while True:
+            order = rng.permutation(count)
+            for start in range(0, count - self.batch + 1, self.batch):
+                chosen = order[start:start + self.batch]
+                yield {name: array[chosen] for name, array in self.train.items()}
+
+    def test_batches(self):
+        count = len(next(iter(self.test.values())))
+        for start in range(0, count - self.batch + 1, self.batch):
+            yield {name: array[start:start + self.batch] for name, array in self.test.items()}
+
+
+def load_dataset(path: str, function: Function) -> Dataset:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (OSError, ValueError) as exc:
+        raise FlagError(f"--data: cannot read '{path}' as an .npz file ({exc})") from None
+    train, test = {}, {}
+    for arg in function.args:
+        for split, table in (("train", train), ("test", test)):
+            key = f"{arg.name}_{split}"
+            if key not in arrays:
+                raise FlagError(f"--data: '{path}' has no array '{key}' for argument %{arg.name} of @{function.name} "
+                                f"(arrays: {', '.join(sorted(arrays))})")
+            table[arg.name] = arrays[key]
+    batch = function.args[0].type.dims[0].size if function.args[0].type.dims else 0
+    for arg in function.args:
+        if not arg.type.dims or arg.type.dims[0].size != batch:
+            raise FlagError(f"--data: every argument of @{function.name} must lead with the batch dimension of size {batch}; %{arg.name} is {arg.type}")
+        for split, table in (("train", train), ("test", test)):
+            if table[arg.name].shape[1:] != arg.type.shape[1:]:
+                raise FlagError(f"--data: {arg.name}_{split} has examples of shape {table[arg.name].shape[1:]}, "
+                                f"but %{arg.name} is {arg.type} (examples of shape {arg.type.shape[1:]})")
+    if len(next(iter(train.values()))) < batch or len(next(iter(test.values()))) < batch:
+        raise FlagError(f"--data: both splits need at least one batch of {batch} examples")
+    return Dataset(train, test, batch)
+
+
+def train_pipeline(entry: str, optimizer: str, lr: float, partition: bool) -> str:
+    steps = [f"autodiff{{func={entry}}}", f"optimizer{{kind={optimizer},lr={lr}}}"]
+    return ",".join(steps + (["layout", "spmd"] if partition else []))
+
+
+def progress(step: int, total: int, loss: float, examples_per_second: float) -> str:
+    width = 30
+    done = int(width * step / total)
+    return f"\r[{'#' * done}{'.' * (width - done)}] step {step}/{total}  loss {loss:.4f}  {examples_per_second:,.0f} examples/s"
+
+
+def evaluate(run: Runner, eval_name: str, dataset: Dataset) -> float:
+    scores = [float(next(iter(run(eval_name, batch).values()))) for batch in dataset.test_batches()]
+    return float(np.mean(scores))
+
+
+def train_loop(run: Runner, module: Module, entry: str, eval_name: str | None, dataset: Dataset,
+               steps: int, eval_every: int, seed: int) -> dict[str, Any]:
+    """Train for `steps` steps; a progress bar on stderr, the final metrics as one
+    JSON line on stdout."""
+    out, bar = sys.stdout, sys.stderr
+    batches = dataset.batches(seed)
+    start = time.perf_counter()
+    loss = float("nan")
+    for step in range(1, steps + 1):
+        loss = float(next(iter(run(entry, next(batches)).values())))
+        rate = step * dataset.batch / max(time.perf_counter() - start, 1e-9)
+        # A terminal redraws one line; a log gets a line every tenth of the run.
+        if bar.isatty():
+            print(progress(step, steps, loss, rate), end="", file=bar, flush=True)
+        elif step % max(1, steps // 10) == 0 or step == steps:
+            print(progress(step, steps, loss, rate).lstrip("\r"), file=bar, flush=True)
+        if eval_name and eval_every and step % eval_every == 0 and step != steps:
+            print(f"{chr(10) if bar.isatty() else ''}step {step}: {eval_name} {evaluate(run, eval_name, dataset):.4f}", file=bar)
+    if bar.isatty():
+        print(file=bar)
+    metrics = {"step": steps, "loss": loss}
+    if eval_name:
+        metrics["accuracy" if eval_name == "accuracy" else eval_name] = evaluate(run, eval_name, dataset)
+    metrics["seconds"] = round(time.perf_counter() - start, 3)
+    print(json.dumps(metrics), file=out)
+    return metrics
+
+
+def _resized(value: Any, name: str, size: int) -> Any:
+    from meshir.types import Dim
+
+    if isinstance(value, Dim) and value.name == name:
+        return Dim(name, size)
+    if isinstance(value, tuple):
+        return tuple(_resized(v, name, size) for v in value)
+    return value
+
+
+def resize_dimension(module: Module, name: str, size: int) -> None:
+    """Give dimension `name` the size `size` everywhere in the module's functions
+    (`--batch`): argument and result types, size attributes; op result types are
+    inferred again."""
+    from meshir.verifier import verify_module
+
+    for function in module.functions.values():
+        for arg in function.args:
+            if arg.type.has(name):
+                arg.type = arg.type.resized(name, size)
+        function.result_types = [t.resized(name, size) if t.has(name) else t for t in function.result_types]
+        for op in function.ops:
+            op.attributes = {k: _resized(v, name, size) for k, v in op.attributes.items()}
+            for result in op.results:
+                result.type = None
+    verify_module(module)
