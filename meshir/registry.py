@@ -98,8 +98,11 @@ class OpDef:
         size attributes made local) gives that device's block of the result."""
         self.splittable_fn = fn
 
-    def gradient(self, fn: Callable[..., Any] | str) -> None:
+    def gradient(self, fn: Callable[..., Any] | str) -> Callable[..., Any] | str:
+        """`fn(e: Emitter, op, cotangents) -> one gradient per operand` (see
+        meshir/ops/grad_helpers.py), or NOT_DIFFERENTIABLE. Usable as a decorator."""
         self.gradient_fn = fn
+        return fn
 
     def lower(self, target: str, fn: Callable[..., Any]) -> None:
         self.lowerings[target] = fn

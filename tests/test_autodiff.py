@@ -98,6 +98,14 @@ def test_the_gradient_of_a_variable_read_only_as_the_loss_is_a_named_copy():
     assert out["grad_a"] == 1.0 and out["grad_b"] == 1.0
 
 
+def test_an_operand_used_twice_by_one_op_gets_both_contributions():
+    module = parse_module("var @w : f64[a=3] = normal(seed=1)\nfunc @f() -> f64[] {\n  %w = read @w\n"
+                          "  %loss = einsum(%w, %w) {output = []}\n  return %loss\n}\n")
+    run_passes(module, "autodiff")
+    interpreter = Interpreter(module)
+    np.testing.assert_allclose(interpreter.run("f")["grad_w"], 2 * interpreter.state["w"])
+
+
 def test_autodiff_then_dce_removes_forward_ops_the_gradients_do_not_need():
     text = """
     var @w : f32[a=3] = ones

@@ -24,8 +24,10 @@ from .spmd_matrix import MESHES, Program, program
 MESH = MESHES[-1]  # 2x4: reshard and transfer samples pin layouts on both axes
 
 # Samples the f32 matrix lacks: a float-to-float cast, stride and dilation in
-# convolutions, pools over two dimensions with uneven padding, top_k with k = 1.
+# convolutions, pools over two dimensions with uneven padding, top_k with k = 1,
+# layer_norm with a scale alone, over fewer dimensions than it normalizes.
 EXTRA: dict[str, list[Sample]] = {
+    "layer_norm": [S("x: f64[b=4, d=6]", "s: f64[d=6]", attrs="{dims = [b, d], epsilon = 0.1}")],
     "cast": [S("x: f32[a=4, b=3]", attrs="{dtype = f64}")],
     "conv1d": [S("x: f64[n=2, w=9, ci=3]", "k: f64[kw=3, ci=3, co=2]",
                  attrs="{spatial = [w], kernel_dims = [kw], in_channels = ci, out_channels = co, strides = [2], dilation = [2], padding = same}")],

@@ -9,10 +9,10 @@ must draw the same bits under every layout.
 Cases are batched (tests/xla_matrix.py): one compile per chunk of a mesh's cases.
 The layouts are `layouts(prog, mesh, cap=0)`: fully replicated, every dimension
 alone on every axis option, and the all-dimensions-split rules, with no spread
-subset beyond them: XLA compiles each case's ops at ~20 ms apiece, so these
-alone fill the time budget. Measured when written: 4,793 cases (288 on <x=1>,
-599 on <x=2>, 1,961 on 2x2, 1,945 on 2x4) in 26 compiles, ~125 s for this file
-alone on 2 cores, ~105 s with `-n 2` (XLA compiles on one thread).
+subset beyond them: XLA compiles each case's op at ~20 ms (one thread), so
+these alone exceed the ~90 s budget. Measured when written: 4,793 cases (288 on
+<x=1>, 599 on <x=2>, 1,961 on 2x2, 1,945 on 2x4) in 21 compiles; ~165 s of CPU,
+87% of it XLA compiling; 120 s alone, 103 s with `-n 2`, on 2 shared cores.
 """
 from __future__ import annotations
 

@@ -38,14 +38,12 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Callable, Iterator
 
-import numpy as np
-
 from meshir.diagnostics import MeshirError
 from meshir.mesh import Mesh
 from meshir.registry import OpView
 
 from .kernels import allowed_dtypes
-from .rules_common import Rule, move_axis, slice_axis, tf, tf_dtype
+from .rules_common import ConstantPool, Rule, const, move_axis, slice_axis, tf, tf_dtype
 
 COLLECTIVE_MODES = ("explicit", "v2")
 CHUNKED_BYTES = 1 << 20  # explicit sums at least this large reduce by chunks (see the module doc)
@@ -55,11 +53,11 @@ DEFAULT_TIMEOUT_SECONDS = 300.0
 class Communicator:
     """The devices of one program and how its collectives reach them."""
 
-    def __init__(self, mesh: Mesh, devices: list[str] | None, mode: str = "explicit",
+    def __init__(self, mesh: Mesh, devices: list[str] | None, pool: ConstantPool, mode: str = "explicit",
                  timeout: float = DEFAULT_TIMEOUT_SECONDS):
         if mode not in COLLECTIVE_MODES:
             raise MeshirError(f"unknown tf collective implementation '{mode}' (choose {', '.join(COLLECTIVE_MODES)})")
-        self.mesh, self.devices, self.mode, self.timeout = mesh, devices, mode, timeout
+        self.mesh, self.devices, self.pool, self.mode, self.timeout = mesh, devices, pool, mode, timeout
         self.chunked_bytes = CHUNKED_BYTES
         self._group_keys: dict[tuple[int, ...], int] = {}
         self._instances = 0
@@ -73,13 +71,14 @@ class Communicator:
     @contextlib.contextmanager
     def on(self, device: int) -> Iterator[None]:
         """Ops created inside are placed on `device`, under its name scope `dev<i>`
-        (re-entered, not renamed, when one op visits a device twice). On one
-        unplaced device there is neither."""
+        (re-entered, not renamed, when one op visits a device twice), and take their
+        constants from that device. On one unplaced device there is neither."""
         if self.devices is None:
             yield
             return
-        graph = tf.compat.v1.get_default_graph()
-        with tf.device(self.devices[device]), graph.name_scope(self._scopes.get(device, f"dev{device}")) as scope:
+        graph = self.pool.graph
+        with tf.device(self.devices[device]), graph.name_scope(self._scopes.get(device, f"dev{device}")) as scope, \
+                self.pool.on(device):
             self._scopes[device] = scope
             yield
 
@@ -151,7 +150,7 @@ def _explicit_reduce(op: OpView, group: list[int], xs: list[tf.Tensor], comm: Co
     pieces = {}
     for device in group:
         with comm.on(device):
-            pieces[device] = tf.split(tf.reshape(xs[device], [-1]), sizes)
+            pieces[device] = tf.split(tf.reshape(xs[device], const([-1])), const(sizes), axis=const(0))
     chunks = []
     for position, device in enumerate(group):
         with comm.on(device):
@@ -159,7 +158,7 @@ def _explicit_reduce(op: OpView, group: list[int], xs: list[tf.Tensor], comm: Co
     out = {}
     for device in group:
         with comm.on(device):
-            out[device] = tf.reshape(tf.concat(chunks, 0), local.shape)
+            out[device] = tf.reshape(tf.concat(chunks, const(0)), const(local.shape))
     return out
 
 
@@ -249,15 +248,18 @@ def _all_gather(op: OpView, xs: list[tf.Tensor], comm: Communicator) -> list[tf.
                     fronts[device] = move_axis(xs[device], axis, 0)
             gathered = comm.tf_collective(tf.raw_ops.CollectiveGatherV2, group, fronts)
             order = _rank_order(group)
+            whole = [len(group) * fronts[group[0]].shape[0], *fronts[group[0]].shape[1:]]
             for device in group:
                 with comm.on(device):
-                    blocks = tf.split(gathered[device], len(group))  # in rank order
+                    # The gathered length is a run-time number to TF (group_size is a tensor).
+                    gathered_whole = tf.reshape(gathered[device], const(whole))
+                    blocks = tf.split(gathered_whole, len(group), axis=const(0))  # in rank order
                     by_position = [blocks[order.index(p)] for p in range(len(group))]
-                    out[device] = move_axis(tf.concat(by_position, 0), 0, axis)
+                    out[device] = move_axis(tf.concat(by_position, const(0)), 0, axis)
         else:
             for device in group:
                 with comm.on(device):
-                    out[device] = tf.concat([xs[d] for d in group], axis)
+                    out[device] = tf.concat([xs[d] for d in group], const(axis))
     return out
 
 
@@ -273,14 +275,14 @@ def _all_to_all(op: OpView, xs: list[tf.Tensor], comm: Communicator) -> list[tf.
         chunks = {}
         for device in group:
             with comm.on(device):
-                chunks[device] = tf.split(xs[device], count, axis=split)  # chunk j goes to position j
+                chunks[device] = tf.split(xs[device], count, axis=const(split))  # chunk j goes to position j
         if comm.mode == "v2":
             received = _v2_all_to_all(op, group, chunks, split, comm)
         else:
             received = {device: [chunks[source][position] for source in group] for position, device in enumerate(group)}
         for device in group:
             with comm.on(device):
-                out[device] = tf.concat(received[device], concat)
+                out[device] = tf.concat(received[device], const(concat))
     return out
 
 
@@ -298,7 +300,7 @@ def _v2_all_to_all(op: OpView, group: list[int], chunks: dict[int, list[tf.Tenso
     received = {}
     for device in group:
         with comm.on(device):
-            by_rank = tf.unstack(exchanged[device])
+            by_rank = tf.unstack(tf.reshape(exchanged[device], const(stacked[device].shape)))
             received[device] = [by_rank[order.index(p)] for p in range(len(group))]
     return received
 
@@ -318,7 +320,7 @@ def _collective_permute(op: OpView, xs: list[tf.Tensor], comm: Communicator) -> 
             if 0 <= source < size:
                 out.append(tf.identity(xs[mesh.device({**coords, axis: source})]))
             else:
-                out.append(tf.zeros_like(x))
+                out.append(tf.fill(const(x.shape), const(0, x.dtype)))
     return out
 
 
@@ -326,7 +328,7 @@ def _axis_index(op: OpView, comm: Communicator) -> list[tf.Tensor]:
     out = []
     for device in comm.mesh.devices():
         with comm.on(device):
-            out.append(tf.constant(np.int32(comm.mesh.coords(device)[op.attr("axis")])))
+            out.append(tf.identity(const(comm.mesh.coords(device)[op.attr("axis")], tf.int32)))
     return out
 
 
@@ -335,7 +337,7 @@ def _dynamic_slice(op: OpView, x: tf.Tensor, offset: tf.Tensor) -> tf.Tensor:
     unsigned offsets stay positive."""
     ttype, size = op.operand_types[0], op.attr("size")
     axis = ttype.axis_of(op.attr("dim"))
-    start = tf.clip_by_value(tf.cast(offset, tf.int64), 0, ttype.shape[axis] - size)
+    start = tf.clip_by_value(tf.cast(offset, tf.int64), const(0, tf.int64), const(ttype.shape[axis] - size, tf.int64))
     return slice_axis(x, axis, start, size)
 
 

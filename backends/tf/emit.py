@@ -37,7 +37,7 @@ from .devices import device_name
 from .initializers import initial_slice
 from .random import block_offsets
 from .rules import TARGET, install
-from .rules_common import slice_axis, tf, tf_dtype
+from .rules_common import ConstantPool, const, constant_pool, tf, tf_dtype
 
 INIT, UPDATE = "init", "update"
 _NODE_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\-]*$")
@@ -127,7 +127,8 @@ class GraphBuilder:
         # One device needs no placement: a plain graph that runs anywhere.
         devices = [device_name(device_kind, d) for d in self.mesh.devices()] if self.mesh.size > 1 else None
         self.graph = tf.Graph()
-        self.comm = Communicator(self.mesh, devices, collectives, timeout)
+        self.pool = ConstantPool(self.graph)
+        self.comm = Communicator(self.mesh, devices, self.pool, collectives, timeout)
         self.owners: dict[str, str] = {}  # top-level name scope -> what it computes, for diagnostics
         self.ops_by_scope: dict[str, Operation] = {}
 
@@ -139,19 +140,16 @@ class GraphBuilder:
         rules = self.module.layout_of(self.function) or REPLICATED
         return without_trivial_axes(rules.layout_of(local), self.mesh)
 
-    def block_start(self, layout: ValueLayout, device: int, local: TensorType, axis: int) -> int:
-        return self.mesh.index_in_group(device, layout.axes[axis]) * local.shape[axis]
-
     # --- the graph -----------------------------------------------------------------
 
     def build(self) -> tuple[list[Port], list[Port], list[VariableSlices]]:
-        with self.graph.as_default():
+        with self.graph.as_default(), constant_pool(self.pool):
             inputs, placeholders = self._placeholders()
             output_nodes = self._reserve_output_names([a.name for a in self.function.args])
             variables = self._variables()
             contexts = [DeviceContext(d, variables) for d in self.mesh.devices()]
             env: dict[Value, list[tf.Tensor]] = {
-                arg: self._split(arg.name, placeholders[arg.name], arg.type, port.layout)
+                arg: self._split(arg.name, placeholders[arg.name], port.layout)
                 for arg, port in zip(self.function.args, inputs)
             }
             for op in self.function.ops:
@@ -185,24 +183,31 @@ class GraphBuilder:
             node = name + "_out" if name in taken or name in (INIT, UPDATE) else name
             self.graph.unique_name(node, mark_as_used=True)
             nodes.append(node)
-        for name in (INIT, UPDATE):
+        for name in (INIT, UPDATE, ConstantPool.SCOPE):
             self.graph.unique_name(name, mark_as_used=True)
         return nodes
 
-    def _split(self, name: str, whole: tf.Tensor, local: TensorType, layout: ValueLayout) -> list[tf.Tensor]:
-        """Each device's block of a global input."""
-        with self.graph.name_scope(f"{name}_blocks") as scope:
-            self.owners[scope.rstrip("/")] = f"the blocks of input '{name}'"
-            self.comm.begin_op()
-            blocks = []
-            for device in self.mesh.devices():
-                with self.comm.on(device):
-                    block = whole
-                    for axis, axes in enumerate(layout.axes):
-                        if axes:
-                            block = slice_axis(block, axis, self.block_start(layout, device, local, axis), local.shape[axis])
-                    blocks.append(tf.identity(block) if block is whole else block)
-            return blocks
+    def _split(self, name: str, whole: tf.Tensor, layout: ValueLayout) -> list[tf.Tensor]:
+        """Each device's block of a global input: one Split per split dimension and
+        block, on the host; devices holding the whole input read the placeholder."""
+        blocks = self._blocks(whole, layout, f"{name}_blocks", f"the blocks of input '{name}'")
+        return [blocks[self._block_key(device, layout)] for device in self.mesh.devices()]
+
+    def _block_key(self, device: int, layout: ValueLayout) -> tuple[int, ...]:
+        """Which block of each dimension `device` holds."""
+        return tuple(self.mesh.index_in_group(device, axes) for axes in layout.axes)
+
+    def _blocks(self, whole: tf.Tensor, layout: ValueLayout, scope: str, what: str) -> dict[tuple[int, ...], tf.Tensor]:
+        counts = [layout.split_count(self.mesh, axis) for axis in range(len(layout.axes))]
+        blocks = {(): whole}
+        if max(counts, default=1) == 1:
+            return {(0,) * len(counts): whole}
+        with self.graph.name_scope(scope) as full:
+            self.owners[full.rstrip("/")] = what
+            for axis, count in enumerate(counts):
+                blocks = {key + (i,): part for key, block in blocks.items()
+                          for i, part in enumerate(tf.split(block, count, axis=const(axis)) if count > 1 else [block])}
+        return blocks
 
     def _variables(self) -> dict[str, VariableSlices]:
         variables = {}
@@ -294,21 +299,19 @@ class GraphBuilder:
         return ports
 
     def _assemble(self, blocks: list[tf.Tensor], local: TensorType, layout: ValueLayout) -> tf.Tensor:
-        """The global value from per-device blocks: along each split dimension, in
-        order, the blocks of the lowest-numbered devices holding them are joined."""
+        """The global value from per-device blocks: along each split dimension, last
+        first, the blocks of the lowest-numbered devices holding them are joined."""
         parts: dict[tuple[int, ...], tf.Tensor] = {}
         for device in reversed(self.mesh.devices()):  # the lowest device's copy wins
-            key = tuple(self.mesh.index_in_group(device, axes) for axes in layout.axes)
-            parts[key] = blocks[device]
+            parts[self._block_key(device, layout)] = blocks[device]
         counts = [layout.split_count(self.mesh, axis) for axis in range(local.rank)]
         for axis in reversed(range(local.rank)):
             if counts[axis] == 1:
                 continue
-            joined = {}
-            for key in {k[:axis] + k[axis + 1:] for k in parts}:
-                row = [parts[key[:axis] + (i,) + key[axis:]] for i in range(counts[axis])]
-                joined[key[:axis] + (0,) + key[axis:]] = tf.concat(row, axis)
-            parts = joined
+            rows = {key[:axis] for key in parts}
+            parts = {row: tf.concat([parts[row + (i,) + (0,) * (local.rank - axis - 1)] for i in range(counts[axis])], const(axis))
+                     for row in rows}
+            parts = {row + (0,) * (local.rank - axis): value for row, value in parts.items()}
         (whole,) = parts.values()
         return whole
 

@@ -71,7 +71,8 @@ def write_savedmodel(program: TFProgram, path: str) -> None:
     staging = tempfile.mkdtemp(prefix=".meshir-", dir=parent)
     try:
         # The saver the builder adds goes into a copy of the graph, not the program's.
-        meta_graph = tf.compat.v1.train.export_meta_graph(graph=program.graph)
+        with program.graph.as_default():
+            meta_graph = tf.compat.v1.train.export_meta_graph()
         graph = tf.Graph()
         with graph.as_default():
             tf.compat.v1.train.import_meta_graph(meta_graph)

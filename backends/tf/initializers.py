@@ -20,7 +20,7 @@ from meshir.ir import Variable
 from meshir.types import TensorType
 
 from . import random
-from .rules_common import tf, tf_dtype
+from .rules_common import const, tf, tf_dtype
 
 
 def _args(variable: Variable) -> dict[str, Any]:
@@ -35,8 +35,8 @@ def truncated_standard_normal(seed: int, index: tf.Tensor) -> tf.Tensor:
     next streams, a fixed number of rounds, then clip."""
     z = random.normal(seed, 0, 0, index)
     for stream in range(1, TRUNCATION_ROUNDS):
-        z = tf.where(tf.abs(z) > TRUNCATION_STDDEVS, random.normal(seed, 0, stream, index), z)
-    return tf.clip_by_value(z, -TRUNCATION_STDDEVS, TRUNCATION_STDDEVS)
+        z = tf.where(tf.abs(z) > const(TRUNCATION_STDDEVS, tf.float32), random.normal(seed, 0, stream, index), z)
+    return tf.clip_by_value(z, const(-TRUNCATION_STDDEVS, tf.float32), const(TRUNCATION_STDDEVS, tf.float32))
 
 
 def _glorot_scale(ttype: TensorType, args: dict[str, Any]) -> float:
@@ -54,7 +54,7 @@ def _uniform64(seed: int, index: tf.Tensor) -> tf.Tensor:
 
 def _plus_times(offset: float, scale: float, x: tf.Tensor) -> tf.Tensor:
     """offset + scale * x in float64, each step rounded once, as the reference."""
-    return tf.constant(np.float64(offset)) + tf.constant(np.float64(scale)) * x
+    return const(offset, tf.float64) + const(scale, tf.float64) * x
 
 
 # initializer name -> its float64 value (before the cast to the variable's dtype),
@@ -63,9 +63,9 @@ _RANDOM: dict[str, Callable[[TensorType, dict[str, Any], tf.Tensor], tf.Tensor]]
     "normal": lambda t, a, i: _plus_times(a["mean"], a["stddev"], _f64(random.normal(a["seed"], 0, 0, i))),
     "uniform": lambda t, a, i: _plus_times(a["minval"], a["maxval"] - a["minval"], _uniform64(a["seed"], i)),
     "truncated_normal": lambda t, a, i: _plus_times(a["mean"], a["stddev"], _f64(truncated_standard_normal(a["seed"], i))),
-    "glorot_uniform": lambda t, a, i: tf.constant(math.sqrt(3.0 * _glorot_scale(t, a)), tf.float64)
-    * (tf.constant(2.0, tf.float64) * _uniform64(a["seed"], i) - tf.constant(1.0, tf.float64)),
-    "glorot_normal": lambda t, a, i: tf.constant(math.sqrt(_glorot_scale(t, a)) / TRUNCATED_STDDEV, tf.float64)
+    "glorot_uniform": lambda t, a, i: const(math.sqrt(3.0 * _glorot_scale(t, a)), tf.float64)
+    * (const(2.0, tf.float64) * _uniform64(a["seed"], i) - const(1.0, tf.float64)),
+    "glorot_normal": lambda t, a, i: const(math.sqrt(_glorot_scale(t, a)) / TRUNCATED_STDDEV, tf.float64)
     * _f64(truncated_standard_normal(a["seed"], i)),
 }
 
@@ -74,7 +74,7 @@ def _cast(values: tf.Tensor, ttype: TensorType) -> tf.Tensor:
     dtype = ttype.dtype
     if dtype.is_integer:
         info = np.iinfo(dtype.numpy)
-        values = tf.clip_by_value(tf.round(values), float(info.min), float(info.max))
+        values = tf.clip_by_value(tf.round(values), const(info.min, tf.float64), const(info.max, tf.float64))
     return tf.cast(values, tf_dtype(dtype))
 
 
@@ -87,4 +87,4 @@ def initial_slice(variable: Variable, local_shape: Sequence[int], offsets: Seque
         return _cast(_RANDOM[variable.initializer](ttype, _args(variable), index), ttype)
     # zeros, ones and constant fill one value: the reference computes it exactly.
     fill = INITIALIZERS[variable.initializer].materialize(ttype.with_dims(()), variable.init_args)
-    return tf.fill(tuple(local_shape), tf.constant(fill))
+    return tf.fill(const(local_shape), const(fill, tf_dtype(ttype.dtype)))

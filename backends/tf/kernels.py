@@ -35,27 +35,24 @@ def has_kernels(device_kind: str) -> bool:
     return bool(_kernel_constraints("AddV2", device_kind))
 
 
-def _type_attrs(node: Any, names: Iterable[str]) -> dict[str, list[int]] | None:
-    """The node's dtype attributes among `names`, each as a list of DataType enums."""
-    values = {}
-    for name in names:
-        if name not in node.attr:
-            return None
-        attr = node.attr[name]
-        values[name] = list(attr.list.type) if attr.HasField("list") else [attr.type]
-    return values
-
-
 def missing_kernel(node: Any, device_kind: str) -> str | None:
     """For a NodeDef that no kernel of `device_kind` can run: the attribute and dtype
     that rule it out, as `T=bfloat16`; None when some kernel runs it."""
-    kernels_ = _kernel_constraints(node.op, device_kind)
+    types = tuple(sorted(
+        (name, tuple(attr.list.type) if attr.WhichOneof("value") == "list" else (attr.type,))
+        for name, attr in node.attr.items() if attr.WhichOneof("value") == "type" or len(attr.list.type)
+    ))
+    return _missing(node.op, device_kind, types)
+
+
+@functools.cache
+def _missing(op_type: str, device_kind: str, types: tuple[tuple[str, tuple[int, ...]], ...]) -> str | None:
+    given = dict(types)
     blocking = None
-    for constraints in kernels_:
-        values = _type_attrs(node, constraints)
-        if values is None:
+    for constraints in _kernel_constraints(op_type, device_kind):
+        if any(name not in given for name in constraints):
             continue
-        bad = [(name, t) for name, types in values.items() for t in types if t not in constraints[name]]
+        bad = [(name, t) for name in constraints for t in given[name] if t not in constraints[name]]
         if not bad:
             return None
         blocking = blocking or bad[0]

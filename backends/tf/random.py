@@ -16,11 +16,11 @@ import numpy as np
 from meshir import random as reference
 from meshir.mesh import Mesh, ValueLayout
 
-from .rules_common import tf
+from .rules_common import const, tf
 
 
 def _u32(value: int) -> tf.Tensor:
-    return tf.constant(np.uint32(value & 0xFFFFFFFF))
+    return const(np.uint32(value & 0xFFFFFFFF), tf.uint32)
 
 
 def mix(x: tf.Tensor) -> tf.Tensor:
@@ -37,8 +37,8 @@ def stream_key(seed: int, step: int | tf.Tensor, stream: int) -> tf.Tensor:
     computed now, by the reference; an i32 step tensor is reinterpreted as uint32
     (two's complement), as the reference's `_as_u32`."""
     if isinstance(step, int):
-        return tf.constant(reference.stream_key(seed, step, stream))
-    key = mix(tf.constant(reference.seed_key(seed)) + tf.bitcast(step, tf.uint32))
+        return const(reference.stream_key(seed, step, stream), tf.uint32)
+    key = mix(const(reference.seed_key(seed), tf.uint32) + tf.bitcast(step, tf.uint32))
     return mix(tf.bitwise.bitwise_xor(key, _u32(stream)))
 
 
@@ -50,7 +50,7 @@ def random_bits(seed: int, step: int | tf.Tensor, stream: int, index: tf.Tensor)
 def uniform(seed: int, step: int | tf.Tensor, stream: int, index: tf.Tensor) -> tf.Tensor:
     """float32 in [0, 1): the top 24 bits times 2**-24, exact."""
     top = tf.bitwise.right_shift(random_bits(seed, step, stream, index), _u32(8))
-    return tf.cast(top, tf.float32) * tf.constant(np.float32(2.0**-24))
+    return tf.cast(top, tf.float32) * const(2.0**-24, tf.float32)
 
 
 def normal(seed: int, step: int | tf.Tensor, stream: int, index: tf.Tensor) -> tf.Tensor:
@@ -60,8 +60,8 @@ def normal(seed: int, step: int | tf.Tensor, stream: int, index: tf.Tensor) -> t
     same values on every mesh and layout."""
     u1 = uniform(seed, step, 2 * stream, index)
     u2 = uniform(seed, step, 2 * stream + 1, index)
-    radius = tf.sqrt(tf.constant(np.float32(-2.0)) * tf.math.log(tf.constant(np.float32(1.0)) - u1))
-    return radius * tf.cos(tf.constant(np.float32(2.0 * math.pi)) * u2)
+    radius = tf.sqrt(const(-2.0, tf.float32) * tf.math.log(const(1.0, tf.float32) - u1))
+    return radius * tf.cos(const(2.0 * math.pi, tf.float32) * u2)
 
 
 def keep_mask(seed: int, step: int | tf.Tensor, stream: int, index: tf.Tensor, rate: float) -> tf.Tensor:
@@ -78,14 +78,16 @@ def linear_index(local_shape: Sequence[int], global_shape: Sequence[int] | None 
     at most 2**32 elements (`meshir.random.check_drawable`), so no term wraps."""
     global_shape = tuple(local_shape) if global_shape is None else tuple(global_shape)
     offsets = [0] * len(local_shape) if offsets is None else list(offsets)
-    index = tf.zeros((), tf.uint32)
+    index = const(0, tf.uint32)
+    if 0 in local_shape:  # nothing to draw (and a zero stride would make an empty Range fail)
+        return tf.fill(const(local_shape), index)
     for axis, (size, offset) in enumerate(zip(local_shape, offsets)):
         if size == 1 and offset == 0:
             continue  # adds 0
         stride = math.prod(global_shape[axis + 1:])
-        coords = (tf.range(size, dtype=tf.int64) + offset) * stride
-        index = index + tf.reshape(tf.cast(coords, tf.uint32), [size if a == axis else 1 for a in range(len(local_shape))])
-    return tf.broadcast_to(index, tuple(local_shape))
+        coords = tf.range(const(offset * stride, tf.int64), const((offset + size) * stride, tf.int64), const(stride, tf.int64))
+        index = index + tf.reshape(tf.cast(coords, tf.uint32), const([size if a == axis else 1 for a in range(len(local_shape))]))
+    return tf.broadcast_to(index, const(local_shape))
 
 
 def block_offsets(layout: ValueLayout, mesh: Mesh, device: int, local_shape: Sequence[int]) -> tuple[list[int], tuple[int, ...]]:

@@ -21,7 +21,7 @@ import numpy as np
 from meshir.registry import OpView, all_ops
 from meshir.types import TensorType
 
-from .rules_common import Rule, align, as_type, axis_of, highest, lowest, move_axis, scalar, tf, tf_dtype, widen
+from .rules_common import Rule, align, as_type, axis_of, const, move_axis, tf, tf_dtype, widen
 
 TARGET = "tf"
 
@@ -31,24 +31,24 @@ TARGET = "tf"
 def _sigmoid(v: tf.Tensor) -> tf.Tensor:
     # The reference's two-sided form: no overflow of exp for large |v|.
     e = tf.exp(-tf.abs(v))
-    one = tf.ones((), v.dtype)
-    return tf.where(v >= 0, one / (one + e), e / (one + e))
+    one = const(1, v.dtype)
+    return tf.where(v >= const(0, v.dtype), one / (one + e), e / (one + e))
 
 
 def _gelu_exact(v: tf.Tensor) -> tf.Tensor:
-    half, one = scalar(0.5, v.dtype), scalar(1, v.dtype)
-    return half * v * (one + tf.math.erf(v / scalar(np.sqrt(2), v.dtype)))
+    half, one = const(0.5, v.dtype), const(1, v.dtype)
+    return half * v * (one + tf.math.erf(v / const(np.sqrt(2), v.dtype)))
 
 
 def _gelu_tanh(v: tf.Tensor) -> tf.Tensor:
-    half, one = scalar(0.5, v.dtype), scalar(1, v.dtype)
-    inner = scalar(np.sqrt(2 / np.pi), v.dtype) * (v + scalar(0.044715, v.dtype) * v * v * v)
+    half, one = const(0.5, v.dtype), const(1, v.dtype)
+    inner = const(np.sqrt(2 / np.pi), v.dtype) * (v + const(0.044715, v.dtype) * v * v * v)
     return half * v * (one + tf.tanh(inner))
 
 
 def _softplus(v: tf.Tensor) -> tf.Tensor:
     """log(1 + e**v) as numpy's logaddexp(0, v): the larger term plus log1p of the other."""
-    return tf.maximum(v, tf.zeros((), v.dtype)) + tf.math.log1p(tf.exp(-tf.abs(v)))
+    return tf.maximum(v, const(0, v.dtype)) + tf.math.log1p(tf.exp(-tf.abs(v)))
 
 
 def _unsigned(v: tf.Tensor) -> bool:
@@ -57,7 +57,7 @@ def _unsigned(v: tf.Tensor) -> bool:
 
 def _neg(v: tf.Tensor) -> tf.Tensor:
     # TF has no unsigned Neg; 0 - v wraps exactly as numpy's negative does.
-    return tf.zeros((), v.dtype) - v if _unsigned(v) else tf.negative(v)
+    return const(0, v.dtype) - v if _unsigned(v) else tf.negative(v)
 
 
 def _abs(v: tf.Tensor) -> tf.Tensor:
@@ -66,7 +66,7 @@ def _abs(v: tf.Tensor) -> tf.Tensor:
 
 def _sign(v: tf.Tensor) -> tf.Tensor:
     if _unsigned(v):  # TF has no unsigned Sign
-        return tf.cast(v > 0, v.dtype)
+        return tf.cast(v > const(0, v.dtype), v.dtype)
     return tf.sign(v)
 
 
@@ -79,13 +79,13 @@ _UNARY: dict[str, Callable[[tf.Tensor], tf.Tensor]] = {
     "log1p": tf.math.log1p,
     "sqrt": tf.sqrt,
     # 1 / sqrt, not TF's Rsqrt kernel, which rounds differently from the reference.
-    "rsqrt": lambda v: tf.ones((), v.dtype) / tf.sqrt(v),
+    "rsqrt": lambda v: const(1, v.dtype) / tf.sqrt(v),
     "square": tf.square,
     "sin": tf.sin,
     "cos": tf.cos,
     "tanh": tf.tanh,
     "sigmoid": _sigmoid,
-    "relu": lambda v: tf.maximum(v, tf.zeros((), v.dtype)),
+    "relu": lambda v: tf.maximum(v, const(0, v.dtype)),
     "silu": lambda v: v * _sigmoid(v),
     "softplus": _softplus,
     "erf": tf.math.erf,
@@ -93,7 +93,7 @@ _UNARY: dict[str, Callable[[tf.Tensor], tf.Tensor]] = {
     "floor": tf.floor,
     "ceil": tf.math.ceil,
     "round": tf.round,  # half to even, as numpy
-    "reciprocal": lambda v: tf.ones((), v.dtype) / v,
+    "reciprocal": lambda v: const(1, v.dtype) / v,
     "logical_not": tf.logical_not,
 }
 
@@ -112,7 +112,7 @@ def _gelu(op: OpView, x: tf.Tensor) -> tf.Tensor:
 def _cast(op: OpView, x: tf.Tensor) -> tf.Tensor:
     target = op.attr("dtype")
     if target.is_bool:
-        return tf.not_equal(x, tf.zeros((), x.dtype))
+        return tf.not_equal(x, const(0, x.dtype))
     # TF's float -> integer Cast truncates toward zero, as the reference's trunc.
     return tf.cast(x, tf_dtype(target))
 
@@ -124,9 +124,9 @@ def _div(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
     """IEEE for floats; integers truncate toward zero and x / 0 = 0."""
     if x.dtype.is_floating:
         return tf.math.divide(x, y)
-    zero = tf.equal(y, tf.zeros((), y.dtype))
-    safe = tf.where(zero, tf.ones((), y.dtype), y)
-    return tf.where(zero, tf.zeros((), x.dtype), tf.truncatediv(x, safe))
+    zero = tf.equal(y, const(0, y.dtype))
+    safe = tf.where(zero, const(1, y.dtype), y)
+    return tf.where(zero, const(0, x.dtype), tf.truncatediv(x, safe))
 
 
 _BINARY: dict[str, Callable[[tf.Tensor, tf.Tensor], tf.Tensor]] = {
@@ -193,31 +193,31 @@ def _einsum(op: OpView, *xs: tf.Tensor) -> tf.Tensor:
 
 def _mean(x: tf.Tensor, axes: list[int]) -> tf.Tensor:
     count = int(np.prod([x.shape[a] for a in axes]))
-    return tf.reduce_sum(x, axis=axes) / scalar(count, x.dtype)
+    return tf.reduce_sum(x, axis=const(axes)) / const(count, x.dtype)
 
 
 def _finite_shift(top: tf.Tensor) -> tf.Tensor:
     """The reference's shift by the maximum, or by 0 where the maximum is infinite
     (all -inf, or an empty dimension), so that x - shift is never inf - inf."""
-    return tf.where(tf.math.is_finite(top), top, tf.zeros((), top.dtype))
+    return tf.where(tf.math.is_finite(top), top, const(0, top.dtype))
 
 
 def _logsumexp(x: tf.Tensor, axes: list[int]) -> tf.Tensor:
-    shift = _finite_shift(tf.reduce_max(x, axis=axes, keepdims=True))
-    total = tf.reduce_sum(tf.exp(x - shift), axis=axes, keepdims=True)
+    shift = _finite_shift(tf.reduce_max(x, axis=const(axes), keepdims=True))
+    total = tf.reduce_sum(tf.exp(x - shift), axis=const(axes), keepdims=True)
     return tf.squeeze(tf.math.log(total) + shift, axis=axes)
 
 
 # TF's Max, Min, Any and All over no elements give the identity (lowest, highest,
 # false, true), as the reference's `initial`; Max and Min propagate NaN.
 _REDUCERS: dict[str, Callable[[tf.Tensor, list[int]], tf.Tensor]] = {
-    "reduce_sum": lambda x, axes: tf.reduce_sum(x, axis=axes),
+    "reduce_sum": lambda x, axes: tf.reduce_sum(x, axis=const(axes)),
     "reduce_mean": _mean,
-    "reduce_max": lambda x, axes: tf.reduce_max(x, axis=axes),
-    "reduce_min": lambda x, axes: tf.reduce_min(x, axis=axes),
-    "reduce_prod": lambda x, axes: tf.reduce_prod(x, axis=axes),
-    "reduce_any": lambda x, axes: tf.reduce_any(x, axis=axes),
-    "reduce_all": lambda x, axes: tf.reduce_all(x, axis=axes),
+    "reduce_max": lambda x, axes: tf.reduce_max(x, axis=const(axes)),
+    "reduce_min": lambda x, axes: tf.reduce_min(x, axis=const(axes)),
+    "reduce_prod": lambda x, axes: tf.reduce_prod(x, axis=const(axes)),
+    "reduce_any": lambda x, axes: tf.reduce_any(x, axis=const(axes)),
+    "reduce_all": lambda x, axes: tf.reduce_all(x, axis=const(axes)),
     "logsumexp": _logsumexp,
 }
 
@@ -238,15 +238,15 @@ def _arg(pick: Callable[..., tf.Tensor]) -> Rule:
     def rule(op: OpView, x: tf.Tensor) -> tf.Tensor:
         operand, result = op.operand_types[0], op.result_types[0]
         if operand.size_of(op.attr("dim")) == 0:
-            return tf.zeros(result.shape, tf.int32)
+            return tf.fill(const(result.shape), const(0, tf.int32))
         axis = axis_of(op)
         values = widen(x, operand)
-        index = pick(values, axis=axis, output_type=tf.int32)
+        index = pick(values, axis=const(axis), output_type=tf.int32)
         if not values.dtype.is_floating:
             return index
         nan = tf.math.is_nan(values)
-        first_nan = tf.argmax(tf.cast(nan, tf.int32), axis=axis, output_type=tf.int32)
-        return tf.where(tf.reduce_any(nan, axis=axis), first_nan, index)
+        first_nan = tf.argmax(tf.cast(nan, tf.int32), axis=const(axis), output_type=tf.int32)
+        return tf.where(tf.reduce_any(nan, axis=const(axis)), first_nan, index)
 
     return rule
 
@@ -257,27 +257,28 @@ def order_key(x: tf.Tensor) -> tf.Tensor:
     if not x.dtype.is_floating:
         return tf.cast(x, tf.int64)
     bits = tf.cast(tf.bitcast(x, tf.int32), tf.int64) if x.dtype == tf.float32 else tf.bitcast(x, tf.int64)
-    floor = tf.constant(-(2**31) if x.dtype == tf.float32 else -(2**63), tf.int64)
+    floor = const(-(2**31) if x.dtype == tf.float32 else -(2**63), tf.int64)
     # Sign-magnitude to two's complement order: negatives count down from `floor`,
     # which maps -0.0 (the bit pattern `floor`) to 0, the key of 0.0.
-    key = tf.where(bits >= 0, bits, floor - bits)
-    return tf.where(tf.math.is_nan(x), tf.constant(np.iinfo(np.int64).max, tf.int64), key)
+    key = tf.where(bits >= const(0, tf.int64), bits, floor - bits)
+    return tf.where(tf.math.is_nan(x), const(np.iinfo(np.int64).max, tf.int64), key)
 
 
 def _top_k(op: OpView, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     operand = op.operand_types[0]
     axis, k = axis_of(op), op.attr("k")
     last = move_axis(widen(x, operand), axis, -1)
-    _, indices = tf.math.top_k(order_key(last), k=k, sorted=True)
-    values = tf.gather(move_axis(x, axis, -1), indices, batch_dims=last.shape.rank - 1)
+    _, indices = tf.math.top_k(order_key(last), k=const(k), sorted=True)
+    batch = last.shape.rank - 1
+    values = tf.gather(move_axis(x, axis, -1), indices, axis=const(batch), batch_dims=batch)
     return move_axis(values, -1, axis), move_axis(indices, -1, axis)
 
 
 def _softmax_parts(op: OpView, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """The max-shifted input and its log-normalizer along `dim`, as the reference."""
     axis = axis_of(op)
-    shifted = x - _finite_shift(tf.reduce_max(x, axis=axis, keepdims=True))
-    return shifted, tf.math.log(tf.reduce_sum(tf.exp(shifted), axis=axis, keepdims=True))
+    shifted = x - _finite_shift(tf.reduce_max(x, axis=const(axis), keepdims=True))
+    return shifted, tf.math.log(tf.reduce_sum(tf.exp(shifted), axis=const(axis), keepdims=True))
 
 
 def _softmax(op: OpView, x: tf.Tensor) -> tf.Tensor:
@@ -291,7 +292,7 @@ def _log_softmax(op: OpView, x: tf.Tensor) -> tf.Tensor:
 
 
 def _cumsum(op: OpView, x: tf.Tensor) -> tf.Tensor:
-    return as_type(tf.cumsum(widen(x, op.operand_types[0]), axis=axis_of(op)), op.result_types[0])
+    return as_type(tf.cumsum(widen(x, op.operand_types[0]), axis=const(axis_of(op))), op.result_types[0])
 
 
 RULES: dict[str, Rule] = {

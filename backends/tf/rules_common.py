@@ -9,7 +9,9 @@ current values there.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import contextlib
+import contextvars
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -37,6 +39,64 @@ TF_DTYPES: dict[str, Any] = {
 }
 
 
+class ConstantPool:
+    """One Const node per (device, dtype, value) in a graph. Rules ask for the same
+    small constants (axes, shapes, zero, the generator's multipliers) again and
+    again; each Const is a graph node and ~0.5 ms of Python to build, and before
+    the pool they were half of all nodes. A device's constants live on it, under
+    the name scope `constants/dev<i>` (`constants` on one unplaced device)."""
+
+    SCOPE = "constants"
+
+    def __init__(self, graph: Any):
+        self.graph = graph
+        self.device: int | None = None
+        self._cache: dict[tuple, tf.Tensor] = {}
+
+    def get(self, value: Any, dtype: Any) -> tf.Tensor:
+        array = np.asarray(value, dtype=dtype.as_numpy_dtype)
+        key = (self.device, dtype, array.shape, array.tobytes())
+        if key not in self._cache:
+            scope = self.SCOPE + ("" if self.device is None else f"/dev{self.device}") + "/"
+            # Shared by many ops: no control dependencies of whichever op asked first.
+            with self.graph.name_scope(scope), self.graph.control_dependencies(None):
+                self._cache[key] = tf.constant(array, dtype)
+        return self._cache[key]
+
+    @contextlib.contextmanager
+    def on(self, device: int | None) -> Iterator[None]:
+        """Constants asked for inside belong to `device`."""
+        outer, self.device = self.device, device
+        try:
+            yield
+        finally:
+            self.device = outer
+
+
+_POOL: contextvars.ContextVar[ConstantPool | None] = contextvars.ContextVar("meshir_tf_constants", default=None)
+
+
+@contextlib.contextmanager
+def constant_pool(pool: ConstantPool) -> Iterator[ConstantPool]:
+    """Make `pool` the one `const` uses while a graph is built."""
+    token = _POOL.set(pool)
+    try:
+        yield pool
+    finally:
+        _POOL.reset(token)
+
+
+def const(value: Any, dtype: Any = tf.int32) -> tf.Tensor:
+    """A constant of `dtype` holding `value` (converted by numpy, so literals round
+    as the reference's do), shared through the active pool."""
+    pool = _POOL.get()
+    if pool is None:
+        with np.errstate(all="ignore"):
+            return tf.constant(np.asarray(value).astype(dtype.as_numpy_dtype), dtype)
+    with np.errstate(all="ignore"):
+        return pool.get(np.asarray(value).astype(dtype.as_numpy_dtype), dtype)
+
+
 def tf_dtype(dtype: DType) -> Any:
     return TF_DTYPES[dtype.name]
 
@@ -59,7 +119,7 @@ def as_type(x: tf.Tensor, ttype: TensorType) -> tf.Tensor:
     if x.dtype != target:
         x = tf.cast(x, target)
     if tuple(x.shape) != ttype.shape:
-        x = tf.broadcast_to(x, ttype.shape)
+        x = tf.broadcast_to(x, const(ttype.shape))
     return x
 
 
@@ -69,9 +129,9 @@ def align(x: tf.Tensor, ttype: TensorType, target: Sequence[str]) -> tf.Tensor:
     present = [n for n in target if ttype.has(n)]
     order = [ttype.axis_of(n) for n in present]
     if order != list(range(len(order))):
-        x = tf.transpose(x, order)
+        x = tf.transpose(x, const(order))
     shape = [ttype.size_of(n) if n in present else 1 for n in target]
-    return x if list(x.shape) == shape else tf.reshape(x, shape)
+    return x if list(x.shape) == shape else tf.reshape(x, const(shape))
 
 
 def axis_of(op: OpView, attr: str = "dim", operand: int = 0) -> int:
@@ -87,14 +147,8 @@ def highest(dtype: Any) -> Any:
     return np.inf if dtype.is_floating else dtype.max
 
 
-def scalar(value: Any, dtype: Any) -> tf.Tensor:
-    """A literal converted by numpy at build time, so it rounds exactly as the reference's."""
-    with np.errstate(all="ignore"):
-        return tf.constant(np.asarray(value).astype(dtype.as_numpy_dtype))
-
-
 def zeros(ttype: TensorType) -> tf.Tensor:
-    return tf.zeros(ttype.shape, tf_dtype(ttype.dtype))
+    return tf.fill(const(ttype.shape), const(0, tf_dtype(ttype.dtype)))
 
 
 def move_axis(x: tf.Tensor, source: int, destination: int) -> tf.Tensor:
@@ -103,22 +157,21 @@ def move_axis(x: tf.Tensor, source: int, destination: int) -> tf.Tensor:
     source, destination = source % rank, destination % rank
     order = [a for a in range(rank) if a != source]
     order.insert(destination, source)
-    return x if order == list(range(rank)) else tf.transpose(x, order)
+    return x if order == list(range(rank)) else tf.transpose(x, const(order))
 
 
 def slice_axis(x: tf.Tensor, axis: int, begin: int | tf.Tensor, size: int) -> tf.Tensor:
-    """Elements [begin, begin + size) of `axis`; `begin` may be a scalar tensor."""
-    if isinstance(begin, int) and begin == 0 and size == x.shape[axis]:
-        return x
+    """Elements [begin, begin + size) of `axis`; `begin` may be an int64 scalar tensor."""
     rank = x.shape.rank
     if isinstance(begin, int):
-        starts: Any = [begin if a == axis else 0 for a in range(rank)]
-    else:
-        starts = tf.stack([tf.cast(begin, tf.int64) if a == axis else tf.constant(0, tf.int64) for a in range(rank)])
-    sizes = [size if a == axis else -1 for a in range(rank)]
-    return tf.slice(x, starts, tf.constant(sizes, tf.int64) if not isinstance(begin, int) else sizes)
+        if begin == 0 and size == x.shape[axis]:
+            return x
+        return tf.slice(x, const([begin if a == axis else 0 for a in range(rank)]),
+                        const([size if a == axis else -1 for a in range(rank)]))
+    starts = tf.stack([begin if a == axis else const(0, tf.int64) for a in range(rank)])
+    return tf.slice(x, starts, const([size if a == axis else -1 for a in range(rank)], tf.int64))
 
 
 def pad_axis(x: tf.Tensor, axis: int, low: int, high: int, fill: Any) -> tf.Tensor:
     padding = [[low, high] if a == axis else [0, 0] for a in range(x.shape.rank)]
-    return tf.pad(x, padding, constant_values=tf.constant(fill, x.dtype))
+    return tf.pad(x, const(padding), constant_values=const(fill, x.dtype))

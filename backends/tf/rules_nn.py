@@ -25,7 +25,7 @@ from meshir.registry import OpView
 from meshir.types import TensorType
 
 from . import random
-from .rules_common import Rule, align, as_type, compute_dtype, lowest, pad_axis, tf, tf_dtype
+from .rules_common import Rule, align, as_type, compute_dtype, const, lowest, pad_axis, tf, zeros
 
 # ---------------------------------------------------------------------------- sliding windows
 
@@ -41,7 +41,7 @@ def _conv(op: OpView, x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
     x_type, kernel_type = op.operand_types
     result = op.result_types[0]
     if result.num_elements == 0:
-        return tf.zeros(result.shape, tf_dtype(result.dtype))
+        return zeros(result)
     spatial, kernel_dims = op.attr("spatial"), op.attr("kernel_dims")
     cin, cout = op.attr("in_channels"), op.attr("out_channels")
     rank = len(spatial)
@@ -50,9 +50,9 @@ def _conv(op: OpView, x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
     batch = [n for n in x_type.names if n not in spatial and n != cin]
     wide = compute_dtype(result)
     # As NHWC x HWIO -> NHWC, N the batch dims flattened; a 1-d convolution has H = 1.
-    xs = tf.cast(tf.transpose(x, [x_type.axis_of(n) for n in (*batch, *spatial, cin)]), wide)
+    xs = tf.cast(tf.transpose(x, const([x_type.axis_of(n) for n in (*batch, *spatial, cin)])), wide)
     batch_shape = [x_type.size_of(n) for n in batch]
-    ks = tf.cast(tf.transpose(kernel, [kernel_type.axis_of(n) for n in (*kernel_dims, cin, cout)]), wide)
+    ks = tf.cast(tf.transpose(kernel, const([kernel_type.axis_of(n) for n in (*kernel_dims, cin, cout)])), wide)
     padding = [
         _padding(x_type.size_of(n), result.size_of(n), kernel_type.size_of(k), s, d, op.attr("padding") == "same")
         for n, k, s, d in zip(spatial, kernel_dims, strides, dilations)
@@ -61,12 +61,12 @@ def _conv(op: OpView, x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
         ks = ks[None]
         padding, strides, dilations = [(0, 0), *padding], [1, *strides], [1, *dilations]
     spatial_shape = [x_type.size_of(n) for n in spatial]
-    xs = tf.reshape(xs, [math.prod(batch_shape), *([1] if rank == 1 else []), *spatial_shape, x_type.size_of(cin)])
+    xs = tf.reshape(xs, const([math.prod(batch_shape), *([1] if rank == 1 else []), *spatial_shape, x_type.size_of(cin)]))
     out = tf.nn.conv2d(xs, ks, strides=[1, *strides, 1], padding=[[0, 0], *map(list, padding), [0, 0]],
                        dilations=[1, *dilations, 1])
-    out = tf.reshape(out, [*batch_shape, *(result.size_of(n) for n in spatial), result.size_of(cout)])
+    out = tf.reshape(out, const([*batch_shape, *(result.size_of(n) for n in spatial), result.size_of(cout)]))
     order = [*batch, *spatial, cout]
-    return as_type(tf.transpose(out, [order.index(cout if n == cin else n) for n in x_type.names]), result)
+    return as_type(tf.transpose(out, const([order.index(cout if n == cin else n) for n in x_type.names])), result)
 
 
 def _pool_geometry(op: OpView) -> list[tuple[int, int, int, int, int]]:
@@ -88,7 +88,7 @@ def _windows(op: OpView, padded: tf.Tensor):
         begin, end, steps = [0] * padded.shape.rank, list(padded.shape), [1] * padded.shape.rank
         for (axis, _, stride, _, _), offset, out in zip(geometry, offsets, outputs):
             begin[axis], end[axis], steps[axis] = offset, offset + (out - 1) * stride + 1, stride
-        yield tf.strided_slice(padded, begin, end, steps)
+        yield tf.strided_slice(padded, const(begin), const(end), const(steps))
 
 
 def _padded(op: OpView, x: tf.Tensor, fill) -> tf.Tensor:
@@ -101,7 +101,7 @@ def _padded(op: OpView, x: tf.Tensor, fill) -> tf.Tensor:
 def _max_pool(op: OpView, x: tf.Tensor) -> tf.Tensor:
     result = op.result_types[0]
     if result.num_elements == 0:
-        return tf.zeros(result.shape, tf_dtype(result.dtype))
+        return zeros(result)
     wide = compute_dtype(result)
     # Padding takes the lowest value, so it never wins.
     padded = _padded(op, tf.cast(x, wide), np.asarray(lowest(wide), wide.as_numpy_dtype))
@@ -118,12 +118,13 @@ def _reduce_windows(op: OpView, padded: tf.Tensor, combine) -> tf.Tensor:
 def _avg_pool(op: OpView, x: tf.Tensor) -> tf.Tensor:
     result = op.result_types[0]
     if result.num_elements == 0:
-        return tf.zeros(result.shape, tf_dtype(result.dtype))
+        return zeros(result)
     wide = compute_dtype(result)
     total = _reduce_windows(op, _padded(op, tf.cast(x, wide), np.zeros((), wide.as_numpy_dtype)), tf.add)
     # Padding adds nothing to the sum and, through the count, nothing to the divisor:
     # the count depends on the spatial position only, so it is computed here.
-    ones = tf.ones([x.shape[a] if a in {g[0] for g in _pool_geometry(op)} else 1 for a in range(x.shape.rank)], wide)
+    spatial = {axis for axis, *_ in _pool_geometry(op)}
+    ones = const(np.ones([x.shape[a] if a in spatial else 1 for a in range(x.shape.rank)]), wide)
     count = _reduce_windows(op, _padded(op, ones, np.zeros((), wide.as_numpy_dtype)), tf.add)
     return as_type(total / count, result)
 
@@ -150,8 +151,8 @@ def _dropout(op: OpView, x: tf.Tensor, *step: tf.Tensor) -> tf.Tensor:
     rate = op.attr("rate")
     keep = random.keep_mask(op.attr("seed"), _step(step), 0, draw_index(op, result), rate)
     wide = compute_dtype(result)
-    scaled = tf.cast(x, wide) * tf.constant(np.asarray(1.0 / (1.0 - rate), wide.as_numpy_dtype))
-    return as_type(tf.where(keep, scaled, tf.zeros((), wide)), result)
+    scaled = tf.cast(x, wide) * const(1.0 / (1.0 - rate), wide)
+    return as_type(tf.where(keep, scaled, const(0, wide)), result)
 
 
 def _wide_float(result: TensorType):
@@ -163,8 +164,7 @@ def _affine(offset: float, scale: float, x: tf.Tensor) -> tf.Tensor:
     """offset + scale * x with both numbers rounded to x's dtype first, as the
     reference; TF runs the product and the sum as separate kernels, each rounding
     once, as numpy does (no fused multiply-add to undo, unlike XLA)."""
-    dtype = x.dtype.as_numpy_dtype
-    return tf.constant(dtype(offset)) + tf.constant(dtype(scale)) * x
+    return const(offset, x.dtype) + const(scale, x.dtype) * x
 
 
 def _random_uniform(op: OpView, *step: tf.Tensor) -> tf.Tensor:
@@ -192,24 +192,24 @@ def _softmax_cross_entropy(op: OpView, logits: tf.Tensor, labels: tf.Tensor) -> 
     z = tf.cast(logits, wide)
     target = tf.cast(align(labels, labels_type, logits_type.names), wide)
     axis = logits_type.axis_of(op.attr("dim"))
-    peak = tf.reduce_max(z, axis=axis, keepdims=True)
+    peak = tf.reduce_max(z, axis=const(axis), keepdims=True)
     # Rows without a finite maximum (all -inf, or empty) must not shift by inf - inf.
-    shifted = z - tf.where(tf.math.is_finite(peak), peak, tf.zeros((), wide))
-    log_softmax = shifted - tf.math.log(tf.reduce_sum(tf.exp(shifted), axis=axis, keepdims=True))
-    return as_type(-tf.reduce_sum(target * log_softmax, axis=axis), result)
+    shifted = z - tf.where(tf.math.is_finite(peak), peak, const(0, wide))
+    log_softmax = shifted - tf.math.log(tf.reduce_sum(tf.exp(shifted), axis=const(axis), keepdims=True))
+    return as_type(-tf.reduce_sum(target * log_softmax, axis=const(axis)), result)
 
 
 def _layer_norm(op: OpView, x: tf.Tensor, *params: tf.Tensor) -> tf.Tensor:
     x_type = op.operand_types[0]
     wide = compute_dtype(x_type)
     axes = [x_type.axis_of(n) for n in op.attr("dims")]
-    count = tf.constant(np.asarray(math.prod(x_type.shape[a] for a in axes), wide.as_numpy_dtype))
+    count = const(math.prod(x_type.shape[a] for a in axes), wide)
     values = tf.cast(x, wide)
     # sum / count rather than a mean: an empty dimension gives NaN, as the reference.
-    mean = tf.reduce_sum(values, axis=axes, keepdims=True) / count
+    mean = tf.reduce_sum(values, axis=const(axes), keepdims=True) / count
     centered = values - mean
-    variance = tf.reduce_sum(centered * centered, axis=axes, keepdims=True) / count
-    out = centered / tf.sqrt(variance + tf.constant(np.asarray(op.attr("epsilon"), wide.as_numpy_dtype)))
+    variance = tf.reduce_sum(centered * centered, axis=const(axes), keepdims=True) / count
+    out = centered / tf.sqrt(variance + const(op.attr("epsilon"), wide))
     scale_and_bias = [align(tf.cast(p, wide), t, x_type.names) for p, t in zip(params, op.operand_types[1:])]
     if scale_and_bias:
         out = out * scale_and_bias[0]

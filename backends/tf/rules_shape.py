@@ -5,14 +5,14 @@ import numpy as np
 
 from meshir.registry import OpView
 
-from .rules_common import Rule, align, as_type, axis_of, move_axis, pad_axis, slice_axis, tf, tf_dtype
+from .rules_common import Rule, align, as_type, axis_of, const, move_axis, pad_axis, slice_axis, tf, tf_dtype, zeros
 
 # ---------------------------------------------------------------------------- shape
 
 
 def _broadcast(op: OpView, x: tf.Tensor) -> tf.Tensor:
     result = op.result_types[0]
-    return tf.broadcast_to(align(x, op.operand_types[0], result.names), result.shape)
+    return tf.broadcast_to(align(x, op.operand_types[0], result.names), const(result.shape))
 
 
 def _slice(op: OpView, x: tf.Tensor) -> tf.Tensor:
@@ -42,7 +42,7 @@ def _shift(op: OpView, x: tf.Tensor) -> tf.Tensor:
     axis, offset = axis_of(op), op.attr("offset")
     length = x.shape[axis]
     if op.attr("wrap"):
-        return tf.roll(x, offset % length, axis=axis) if length else x
+        return tf.roll(x, const(offset % length), axis=const(axis)) if length else x
     kept = max(length - abs(offset), 0)
     zero = np.zeros((), x.dtype.as_numpy_dtype)
     if offset >= 0:
@@ -55,25 +55,25 @@ def _shift(op: OpView, x: tf.Tensor) -> tf.Tensor:
 
 def _one_hot(op: OpView, indices: tf.Tensor) -> tf.Tensor:
     # int64, so that every index dtype (u32 included) compares exactly.
-    classes = tf.range(op.attr("dim").size, dtype=tf.int64)
+    classes = const(np.arange(op.attr("dim").size), tf.int64)
     return as_type(tf.equal(tf.cast(indices, tf.int64)[..., None], classes), op.result_types[0])
 
 
 def _valid(indices: tf.Tensor, size: int) -> tuple[tf.Tensor, tf.Tensor]:
     wide = tf.cast(indices, tf.int64)
-    return wide, (wide >= 0) & (wide < size)
+    return wide, (wide >= const(0, tf.int64)) & (wide < const(size, tf.int64))
 
 
 def _gather(op: OpView, x: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
     result = op.result_types[0]
     slices = move_axis(x, axis_of(op), 0)
     if slices.shape[0] == 0:  # every index is out of range, and there is no row to pick
-        return tf.zeros(result.shape, tf_dtype(result.dtype))
+        return zeros(result)
     wide, valid = _valid(indices, slices.shape[0])
     # TF's Gather fails on an index out of range, so those pick row 0 and are masked.
-    picked = tf.gather(slices, tf.where(valid, wide, tf.zeros((), tf.int64)), axis=0)
-    mask = tf.reshape(valid, valid.shape + (1,) * (slices.shape.rank - 1))
-    return as_type(tf.where(mask, picked, tf.zeros((), picked.dtype)), result)
+    picked = tf.gather(slices, tf.where(valid, wide, const(0, tf.int64)), axis=const(0))
+    mask = tf.reshape(valid, const(valid.shape + (1,) * (slices.shape.rank - 1)))
+    return as_type(tf.where(mask, picked, const(0, picked.dtype)), result)
 
 
 def _scatter_add(op: OpView, x: tf.Tensor, indices: tf.Tensor, updates: tf.Tensor) -> tf.Tensor:
@@ -86,9 +86,9 @@ def _scatter_add(op: OpView, x: tf.Tensor, indices: tf.Tensor, updates: tf.Tenso
     wide, valid = _valid(indices, size)
     # TF's scatter fails on an index out of range: those rows land in one extra
     # row past the end, which is cut off again.
-    rows = tf.reshape(tf.where(valid, wide, tf.constant(size, tf.int64)), [-1, 1])
+    rows = tf.reshape(tf.where(valid, wide, const(size, tf.int64)), const([-1, 1]))
     padded = pad_axis(target, 0, 0, 1, np.zeros((), accumulate.as_numpy_dtype))
-    flat_updates = tf.reshape(tf.cast(updates, accumulate), [int(np.prod(indices.shape)), *target.shape[1:]])
+    flat_updates = tf.reshape(tf.cast(updates, accumulate), const([int(np.prod(indices.shape)), *target.shape[1:]]))
     summed = slice_axis(tf.tensor_scatter_nd_add(padded, rows, flat_updates), 0, 0, size)
     return as_type(move_axis(summed, 0, axis), result)
 
@@ -97,8 +97,8 @@ def _iota(op: OpView) -> tf.Tensor:
     result = op.result_types[0]
     axis = result.axis_of(op.attr("dim"))
     # Count in int64 and convert once, as the reference's arange does.
-    coords = tf.reshape(tf.range(result.shape[axis], dtype=tf.int64), [-1 if a == axis else 1 for a in range(result.rank)])
-    return as_type(coords, result)
+    coords = np.arange(result.shape[axis]).reshape([-1 if a == axis else 1 for a in range(result.rank)])
+    return as_type(const(coords, tf.int64), result)
 
 
 # ---------------------------------------------------------------------------- state and constants
@@ -128,15 +128,15 @@ def _constant(op: OpView) -> tf.Tensor:
     dtype = result.dtype.numpy
     if isinstance(value, tuple):
         # numpy infers int64 for all-integer lists, so large i64 literals stay exact.
-        return tf.constant(np.array(value).astype(dtype).reshape(result.shape))
-    return tf.fill(result.shape, tf.constant(np.full((), value, dtype=dtype)))
+        return const(np.array(value).astype(dtype).reshape(result.shape), tf_dtype(result.dtype))
+    return tf.fill(const(result.shape), const(np.full((), value, dtype=dtype), tf_dtype(result.dtype)))
 
 
 def _filled(fill: int | None) -> Rule:
     def rule(op: OpView) -> tf.Tensor:
         result = op.result_types[0]
         value = op.attr("value") if fill is None else fill
-        return tf.fill(result.shape, tf.constant(np.full((), value, dtype=result.dtype.numpy)))
+        return tf.fill(const(result.shape), const(np.full((), value, dtype=result.dtype.numpy), tf_dtype(result.dtype)))
 
     return rule
 
@@ -147,11 +147,11 @@ def _identity(op: OpView, x: tf.Tensor) -> tf.Tensor:
 
 RULES: dict[str, Rule] = {
     "rename": _identity,
-    "reshape": lambda op, x: tf.reshape(x, op.result_types[0].shape),
-    "transpose": lambda op, x: tf.transpose(x, [op.operand_types[0].axis_of(n) for n in op.attr("order")]),
+    "reshape": lambda op, x: tf.reshape(x, const(op.result_types[0].shape)),
+    "transpose": lambda op, x: tf.transpose(x, const([op.operand_types[0].axis_of(n) for n in op.attr("order")])),
     "broadcast": _broadcast,
     "slice": _slice,
-    "concat": lambda op, *xs: tf.concat(xs, axis=axis_of(op)),
+    "concat": lambda op, *xs: tf.concat(xs, axis=const(axis_of(op))),
     "split": _split,
     "pad": _pad,
     "stack": lambda op, *xs: tf.stack(xs, axis=op.attr("axis")),

@@ -6,8 +6,8 @@ to the function being differentiated, `op` the forward op, `cotangents` one
 per result (None where the loss does not depend on that result; otherwise a
 value of the result's type), and the rule returns one value per operand, of
 exactly that operand's type, or None where the operand gets no gradient
-(integer and boolean operands, or a zero gradient). Rules are called only
-when some result has a cotangent, and only for float results.
+(integer and boolean operands, or a zero gradient). Only float values carry
+cotangents, and a rule is called only when some result has one.
 `opdef.gradient(NOT_DIFFERENTIABLE)` marks ops no gradient flows through.
 """
 from __future__ import annotations
@@ -24,22 +24,14 @@ Cotangents = list[Optional[Value]]
 GradientRule = Callable[["Emitter", Operation, Cotangents], Cotangents]
 
 
-def is_float(value: Value) -> bool:
-    return value.type.dtype.is_float
-
-
 def scalar(e: Emitter, value: float, like: Value) -> Value:
     """A scalar constant of `like`'s dtype."""
     return e.constant(value, like.type.dtype)
 
 
-def zeros_like(e: Emitter, value: Value) -> Value:
-    return e.zeros(value.type)
-
-
 def or_zeros(e: Emitter, cotangent: Value | None, like: Value) -> Value:
     """The cotangent, or zeros of `like`'s type where the loss does not depend on it."""
-    return cotangent if cotangent is not None else zeros_like(e, like)
+    return cotangent if cotangent is not None else e.zeros(like.type)
 
 
 def in_order(e: Emitter, value: Value, names: tuple[str, ...]) -> Value:

@@ -17,7 +17,7 @@ from ..ir import Operation
 from ..registry import NOT_DIFFERENTIABLE, OpView, defop
 from ..types import TensorType
 from .common import as_dtype, new_dim_name, require_dims, require_dtype, require_same_dtype
-from .grad_helpers import Cotangents, zeros_like
+from .grad_helpers import Cotangents
 
 if TYPE_CHECKING:
     from ..emitter import Emitter
@@ -185,7 +185,7 @@ iota.splittable(lambda view: frozenset(d.name for d in view.attr("shape") if d.n
 @gather.gradient
 def _gather_gradient(e: Emitter, op: Operation, cotangents: Cotangents) -> Cotangents:
     x, indices = op.operands
-    return [e.emit("scatter_add", zeros_like(e, x), indices, cotangents[0], dim=op.attr("dim")), None]
+    return [e.emit("scatter_add", e.zeros(x.type), indices, cotangents[0], dim=op.attr("dim")), None]
 
 
 @scatter_add.gradient

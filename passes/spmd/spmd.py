@@ -26,8 +26,10 @@ def partition(module: Module, function: Function, mesh: Mesh) -> Function:
     layouts = value_layouts(module, function)
     rules = module.layout_of(function) or LayoutRules(())
     args = [Value(layouts[a].local_type(a.type, mesh), a.name) for a in function.args]
-    local = Function(function.name, args, [], attributes={"spmd": SymbolRef(mesh.name), "layout": rules},
-                     loc=function.loc, return_loc=function.return_loc)
+    attributes = {"spmd": SymbolRef(mesh.name), "layout": rules}
+    if "gradients" in function.attributes:
+        attributes["gradients"] = function.attributes["gradients"]
+    local = Function(function.name, args, [], attributes=attributes, loc=function.loc, return_loc=function.return_loc)
     builder = LocalBuilder(module, local, mesh)
     context = LowerContext(builder, module, function, mesh, layouts)
     env: dict[Value, Sharded] = {g: Sharded(l, layouts[g], g.type) for g, l in zip(function.args, args)}
