@@ -63,7 +63,6 @@ def test_mesh_and_layout_flags_override_the_module(tmp_path):
 
 
 @pytest.mark.parametrize("flags,fragment", [
-    (["-o", "{out}.pb"], "tf backend"),
     (["-o", "{out}.bin"], "unknown output kind"),
     (["-o", "{out}.hlo", "--passes=layout,spmdd"], "unknown pass 'spmdd'"),
     (["-o", "{out}.hlo", "--mesh", "rows:3"], "--mesh"),

@@ -58,10 +58,12 @@ class Communicator:
         if mode not in COLLECTIVE_MODES:
             raise MeshirError(f"unknown tf collective implementation '{mode}' (choose {', '.join(COLLECTIVE_MODES)})")
         self.mesh, self.devices, self.pool, self.mode, self.timeout = mesh, devices, pool, mode, timeout
-        self.chunked_bytes = CHUNKED_BYTES
         self._group_keys: dict[tuple[int, ...], int] = {}
         self._instances = 0
         self._last: dict[int, Any] = {}  # device -> its latest TF collective, for ordering
+        # Every TF collective, for the outputs to depend on: a fetch that needs only one
+        # device's copy would otherwise prune the peers it waits for.
+        self.launched: list[Any] = []
         self._scopes: dict[int, str] = {}
 
     def begin_op(self) -> None:
@@ -99,6 +101,7 @@ class Communicator:
                 out[device] = make(input=inputs[device], group_size=len(group), group_key=group_key,
                                    instance_key=instance_key, ordering_token=[], timeout_seconds=self.timeout, **attrs)
             self._last[device] = out[device].op
+            self.launched.append(out[device].op)
         return out
 
 
@@ -138,7 +141,7 @@ def _explicit_reduce(op: OpView, group: list[int], xs: list[tf.Tensor], comm: Co
     """The group's reduction on each member (see the module doc for the two shapes)."""
     reduce = op.attr("reduce")
     local = op.operand_types[0]
-    if local.nbytes < comm.chunked_bytes or local.num_elements < len(group):
+    if local.nbytes < CHUNKED_BYTES or local.num_elements < len(group):
         with comm.on(group[0]):
             total = _combine(reduce, [xs[d] for d in group])
         out = {}

@@ -12,6 +12,7 @@ variable the function uses, as global arrays.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -70,8 +71,7 @@ class TFProgram:
                 outputs = session.run([p.tensor for p in self.outputs] + ([self.update] if self.update else []), feed)
                 slices = session.run([v.values for v in self.variables])
         except tf.errors.OpError as exc:
-            message = exc.message.strip().splitlines()[0] if exc.message else ""
-            raise RuntimeFailure(f"func @{self.function.name} failed in TensorFlow: {type(exc).__name__}: {message}") from None
+            raise RuntimeFailure(f"func @{self.function.name} failed in TensorFlow: {error_summary(exc)}") from None
         state = {v.name: self._unshard(v, s) for v, s in zip(self.variables, slices)}
         return {p.name: np.asarray(value) for p, value in zip(self.outputs, outputs)}, state
 
@@ -99,12 +99,25 @@ class TFProgram:
                 continue  # the function does not use it: nothing in the graph holds it
             slices = used[name]
             whole = to_argument(value, slices.type, f"variable @{name}")
-            for variable, part in zip(slices.variables, shard(whole, slices.layout, self.mesh)):
-                feed[variable.initial_value] = part
+            for initial, part in zip(slices.initial, shard(whole, slices.layout, self.mesh)):
+                feed[initial] = part
         return feed
 
     def _unshard(self, slices: VariableSlices, values: list[np.ndarray]) -> np.ndarray:
         return unshard([np.asarray(v) for v in values], slices.layout, self.mesh)
+
+
+def error_summary(exc: Any) -> str:
+    """One line from a TF OpError: its kind, the node, and the first reason, without
+    the Python traceback and the tallies TF adds ("Graph execution error: ...
+    Detected at node ... 2 root error(s) found. (0) DEADLINE_EXCEEDED: ...")."""
+    noise = re.compile(r"^(Graph execution error|Detected at node|Node:|Original stack trace|File |\[\[|The error could|"
+                       r"\d+ root error|\d+ successful operations|\d+ derived errors)")
+    # "(0) DEADLINE_EXCEEDED: Collective ops is aborted by: <the root cause>" -> the root cause
+    lines = [re.sub(r"^(\(\d+\) [A-Z_]+: )?(.*? is aborted by: )*", "", line.strip()) for line in (exc.message or "").splitlines()]
+    reasons = [line for line in lines if line and not noise.match(line)]
+    node = f" at node {exc.node_def.name}" if exc.node_def is not None and exc.node_def.name else ""
+    return f"{type(exc).__name__}{node}: {reasons[0] if reasons else 'no reason given'}"
 
 
 def compile_program(module: Module, function_name: str | None = None, *, device_kind: str = "CPU",

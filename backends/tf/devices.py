@@ -35,13 +35,15 @@ def device_name(kind: str, index: int) -> str:
 
 def session_config(devices: int, kind: str = "CPU") -> Any:
     """A v1 session configuration with `devices` devices of `kind` (CPU devices are
-    logical: one process, one thread pool). Placement is strict: a node that
-    cannot run where the graph puts it is an error, not a silent move to CPU:0."""
+    logical: one process, one thread pool). On CPUs placement is strict: a node
+    that cannot run where the graph puts it is an error, not a silent move to
+    CPU:0; on GPUs nodes without a GPU kernel (int64 index arithmetic) may run on
+    the host, as TensorFlow places them."""
     if kind not in DEVICE_KINDS:
         raise MeshirError(f"unknown device kind '{kind}' (kinds: {', '.join(DEVICE_KINDS)})")
     if devices < 1:
         raise MeshirError(f"the device count must be at least 1, got {devices}")
     tf = tensorflow()
     return tf.compat.v1.ConfigProto(
-        device_count={kind: devices}, allow_soft_placement=False
+        device_count={kind: devices}, allow_soft_placement=kind == "GPU"
     )

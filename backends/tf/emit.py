@@ -61,6 +61,7 @@ class VariableSlices:
     type: TensorType
     layout: ValueLayout
     variables: list[Any] = field(default_factory=list)  # tf.Variable per device
+    initial: list[Any] = field(default_factory=list)  # each one's initial value; feed it to start elsewhere
     values: list[Any] = field(default_factory=list)  # a read of each, for fetching after a run
     written: bool = False
 
@@ -127,7 +128,7 @@ class GraphBuilder:
         # One device needs no placement: a plain graph that runs anywhere.
         devices = [device_name(device_kind, d) for d in self.mesh.devices()] if self.mesh.size > 1 else None
         self.graph = tf.Graph()
-        self.pool = ConstantPool(self.graph)
+        self.pool = ConstantPool(self.graph, devices)
         self.comm = Communicator(self.mesh, devices, self.pool, collectives, timeout)
         self.owners: dict[str, str] = {}  # top-level name scope -> what it computes, for diagnostics
         self.ops_by_scope: dict[str, Operation] = {}
@@ -155,7 +156,7 @@ class GraphBuilder:
             for op in self.function.ops:
                 env.update(zip(op.results, self._emit(op, [env[v] for v in op.operands], contexts)))
             writes = self._store(variables, contexts)
-            outputs = self._outputs(output_nodes, env, writes)
+            outputs = self._outputs(output_nodes, env, [*writes, *self.comm.launched])
             _named_group([v.initializer for slices in variables.values() for v in slices.variables], INIT)
             self.owners[INIT] = "the variables' initialization"
             self._check_kernels()
@@ -199,9 +200,9 @@ class GraphBuilder:
 
     def _blocks(self, whole: tf.Tensor, layout: ValueLayout, scope: str, what: str) -> dict[tuple[int, ...], tf.Tensor]:
         counts = [layout.split_count(self.mesh, axis) for axis in range(len(layout.axes))]
-        blocks = {(): whole}
         if max(counts, default=1) == 1:
             return {(0,) * len(counts): whole}
+        blocks: dict[tuple[int, ...], tf.Tensor] = {(): whole}
         with self.graph.name_scope(scope) as full:
             self.owners[full.rstrip("/")] = what
             for axis, count in enumerate(counts):
@@ -222,11 +223,12 @@ class GraphBuilder:
                     for device in self.mesh.devices():
                         offsets, _ = block_offsets(layout, self.mesh, device, local.shape)
                         with self.comm.on(device):
-                            tf_variable = tf.Variable(
-                                lambda: initial_slice(variable, local.shape, offsets), name="slice",
-                                dtype=tf_dtype(variable.type.dtype), trainable=variable.trainable,
-                            )
+                            # A tensor, not a callable: TF clears the device around a callable initializer.
+                            with self.graph.name_scope("initial_value"):
+                                initial = initial_slice(variable, local.shape, offsets)
+                            tf_variable = tf.Variable(initial, name="slice", trainable=variable.trainable)
                             slices.variables.append(tf_variable)
+                            slices.initial.append(initial)
                             slices.values.append(tf.raw_ops.ReadVariableOp(resource=tf_variable.handle, dtype=tf_variable.dtype,
                                                                             name="value"))
                 variables[name] = slices
@@ -285,14 +287,15 @@ class GraphBuilder:
             self.owners[UPDATE] = "the variable writes"
         return writes
 
-    def _outputs(self, nodes: list[str], env: dict[Value, list[tf.Tensor]], writes: list[Any]) -> list[Port]:
+    def _outputs(self, nodes: list[str], env: dict[Value, list[tf.Tensor]], effects: list[Any]) -> list[Port]:
+        """The global outputs, each after every variable write and TF collective."""
         ports = []
         for node, name, value in zip(nodes, output_names(self.function), self.function.returns):
             layout = self.interface_layout(value.type)
             with self.graph.name_scope(f"{node}_assemble") as scope:
                 self.owners[scope.rstrip("/")] = f"output '{name}'"
                 whole = self._assemble(env[value], value.type, layout)
-            with tf.control_dependencies(writes):
+            with tf.control_dependencies(effects):
                 tensor = tf.identity(whole, name=node + "/")
             self.owners[node] = f"output '{name}'"
             ports.append(Port(name, tensor.name, global_type(value.type, layout, self.mesh), layout))
@@ -321,7 +324,9 @@ class GraphBuilder:
             return
         for node in self.graph.as_graph_def().node:
             gap = kernels.missing_kernel(node, self.device_kind)
-            if gap is None:
+            # On GPUs the session places soft: a node with only a CPU kernel (int64 index
+            # arithmetic) runs on the host, as TF does it.
+            if gap is None or (self.device_kind == "GPU" and kernels.missing_kernel(node, "CPU") is None):
                 continue
             scope = node.name.split("/")[0]
             op = self.ops_by_scope.get(scope)
@@ -346,7 +351,7 @@ def _as_results(out: Any, count: int, devices: int) -> list[list[tf.Tensor]]:
     """A device-aware rule returns one per-device list, or one per result."""
     results = [out] if count == 1 else list(out)
     if any(len(r) != devices for r in results):
-        raise RuntimeFailure(f"a collective rule returned the wrong number of per-device tensors; this is a bug in meshir")
+        raise RuntimeFailure("a collective rule returned the wrong number of per-device tensors; this is a bug in meshir")
     return results
 
 

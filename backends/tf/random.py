@@ -5,11 +5,18 @@ has on CPU (AddV2, Mul, BitwiseXor, RightShift for uint32). Each element's bits
 come from its *global* row-major linear index. Each device's copy of an op is
 emitted separately, so a device's block offsets are numbers known when the
 graph is built: the index is an iota plus constants, no device queries.
+
+A draw is ~20 TF ops (two rounds of the mixer) and a normal one twice that, on
+every device, for every random op and random initializer: the draws are TF
+functions (`meshir_uniform`, `meshir_normal`, `meshir_keep`) in the graph's
+library, called once per device, which keeps a GraphDef small (a truncated
+normal initializer on 8 devices is ~130 nodes instead of ~3,300). TensorFlow's
+function optimizer inlines them before a Session runs the graph.
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -18,18 +25,26 @@ from meshir.mesh import Mesh, ValueLayout
 
 from .rules_common import const, tf
 
+Literal = Callable[[int], tf.Tensor]
+
 
 def _u32(value: int) -> tf.Tensor:
+    """A uint32 constant of the graph being built (shared through the pool)."""
     return const(np.uint32(value & 0xFFFFFFFF), tf.uint32)
 
 
-def mix(x: tf.Tensor) -> tf.Tensor:
+def _literal(value: int) -> tf.Tensor:
+    """A uint32 constant inside a TF function's body, which has its own graph."""
+    return tf.constant(np.uint32(value & 0xFFFFFFFF))
+
+
+def mix(x: tf.Tensor, u32: Literal = _u32) -> tf.Tensor:
     """lowbias32, as meshir.random.mix."""
-    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, _u32(16)))
-    x = x * _u32(0x7FEB352D)
-    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, _u32(15)))
-    x = x * _u32(0x846CA68B)
-    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, _u32(16)))
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, u32(16)))
+    x = x * u32(0x7FEB352D)
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, u32(15)))
+    x = x * u32(0x846CA68B)
+    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, u32(16)))
 
 
 def stream_key(seed: int, step: int | tf.Tensor, stream: int) -> tf.Tensor:
@@ -42,32 +57,68 @@ def stream_key(seed: int, step: int | tf.Tensor, stream: int) -> tf.Tensor:
     return mix(tf.bitwise.bitwise_xor(key, _u32(stream)))
 
 
+def _bits(index: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
+    return mix(mix(tf.bitwise.bitwise_xor(index, key), _literal) + key, _literal)
+
+
+def _top24(index: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
+    return tf.bitwise.right_shift(_bits(index, key), _literal(8))
+
+
+def _unit(index: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
+    """float32 in [0, 1): the top 24 bits times 2**-24, exact."""
+    return tf.cast(_top24(index, key), tf.float32) * tf.constant(np.float32(2.0**-24))
+
+
+_INDEX, _KEY = tf.TensorSpec(None, tf.uint32), tf.TensorSpec([], tf.uint32)
+
+
+@tf.function(input_signature=[_INDEX, _KEY], autograph=False)
+def meshir_bits(index: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
+    return _bits(index, key)
+
+
+@tf.function(input_signature=[_INDEX, _KEY], autograph=False)
+def meshir_uniform(index: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
+    return _unit(index, key)
+
+
+@tf.function(input_signature=[_INDEX, _KEY, _KEY], autograph=False)
+def meshir_normal(index: tf.Tensor, key_radius: tf.Tensor, key_angle: tf.Tensor) -> tf.Tensor:
+    """Box-Muller in float32. The integer bits are exact; TF's log and cos round
+    like numpy's only to float32 rounding (meshir/random.py)."""
+    radius = tf.sqrt(tf.constant(np.float32(-2.0)) * tf.math.log(tf.constant(np.float32(1.0)) - _unit(index, key_radius)))
+    return radius * tf.cos(tf.constant(np.float32(2.0 * math.pi)) * _unit(index, key_angle))
+
+
+@tf.function(input_signature=[_INDEX, _KEY, _KEY], autograph=False)
+def meshir_keep(index: tf.Tensor, key: tf.Tensor, threshold: tf.Tensor) -> tf.Tensor:
+    return _top24(index, key) >= threshold
+
+
+def _call(function, index: tf.Tensor, *keys: tf.Tensor) -> tf.Tensor:
+    """A call of one draw function (a PartitionedCall node on the current device)."""
+    return function.get_concrete_function()(index, *keys)
+
+
 def random_bits(seed: int, step: int | tf.Tensor, stream: int, index: tf.Tensor) -> tf.Tensor:
-    key = stream_key(seed, step, stream)
-    return mix(mix(tf.bitwise.bitwise_xor(index, key)) + key)
+    return _call(meshir_bits, index, stream_key(seed, step, stream))
 
 
 def uniform(seed: int, step: int | tf.Tensor, stream: int, index: tf.Tensor) -> tf.Tensor:
-    """float32 in [0, 1): the top 24 bits times 2**-24, exact."""
-    top = tf.bitwise.right_shift(random_bits(seed, step, stream, index), _u32(8))
-    return tf.cast(top, tf.float32) * const(2.0**-24, tf.float32)
+    """float32 in [0, 1) from stream `stream`."""
+    return _call(meshir_uniform, index, stream_key(seed, step, stream))
 
 
 def normal(seed: int, step: int | tf.Tensor, stream: int, index: tf.Tensor) -> tf.Tensor:
-    """Box-Muller in float32 from uniform streams 2*stream and 2*stream + 1. The
-    integer bits are exact; TF's log and cos round like numpy's only to float32
-    rounding (meshir/random.py), so normal draws agree to rounding, and draw the
-    same values on every mesh and layout."""
-    u1 = uniform(seed, step, 2 * stream, index)
-    u2 = uniform(seed, step, 2 * stream + 1, index)
-    radius = tf.sqrt(const(-2.0, tf.float32) * tf.math.log(const(1.0, tf.float32) - u1))
-    return radius * tf.cos(const(2.0 * math.pi, tf.float32) * u2)
+    """A standard normal from uniform streams 2*stream and 2*stream + 1; the same
+    values on every mesh and layout."""
+    return _call(meshir_normal, index, stream_key(seed, step, 2 * stream), stream_key(seed, step, 2 * stream + 1))
 
 
 def keep_mask(seed: int, step: int | tf.Tensor, stream: int, index: tf.Tensor, rate: float) -> tf.Tensor:
     """uniform >= rate decided on the integer bits, as meshir.random.keep_mask."""
-    top = tf.bitwise.right_shift(random_bits(seed, step, stream, index), _u32(8))
-    return top >= _u32(reference.keep_threshold(rate))
+    return _call(meshir_keep, index, stream_key(seed, step, stream), _u32(reference.keep_threshold(rate)))
 
 
 def linear_index(local_shape: Sequence[int], global_shape: Sequence[int] | None = None,

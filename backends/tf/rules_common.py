@@ -48,8 +48,8 @@ class ConstantPool:
 
     SCOPE = "constants"
 
-    def __init__(self, graph: Any):
-        self.graph = graph
+    def __init__(self, graph: Any, devices: list[str] | None):
+        self.graph, self.devices = graph, devices
         self.device: int | None = None
         self._cache: dict[tuple, tf.Tensor] = {}
 
@@ -57,9 +57,13 @@ class ConstantPool:
         array = np.asarray(value, dtype=dtype.as_numpy_dtype)
         key = (self.device, dtype, array.shape, array.tobytes())
         if key not in self._cache:
-            scope = self.SCOPE + ("" if self.device is None else f"/dev{self.device}") + "/"
-            # Shared by many ops: no control dependencies of whichever op asked first.
-            with self.graph.name_scope(scope), self.graph.control_dependencies(None):
+            placed = self.devices is not None and self.device is not None
+            scope = self.SCOPE + (f"/dev{self.device}" if placed else "") + "/"
+            # Shared by many ops: placed explicitly, with no control dependencies or
+            # colocation of whichever op asked first.
+            with self.graph.name_scope(scope), self.graph.control_dependencies(None), \
+                    self.graph.colocate_with(None, ignore_existing=True), \
+                    self.graph.device(self.devices[self.device] if placed else None):
                 self._cache[key] = tf.constant(array, dtype)
         return self._cache[key]
 
@@ -141,10 +145,6 @@ def axis_of(op: OpView, attr: str = "dim", operand: int = 0) -> int:
 
 def lowest(dtype: Any) -> Any:
     return -np.inf if dtype.is_floating else dtype.min
-
-
-def highest(dtype: Any) -> Any:
-    return np.inf if dtype.is_floating else dtype.max
 
 
 def zeros(ttype: TensorType) -> tf.Tensor:
