@@ -8,9 +8,10 @@ bits under every layout.
 Which cases (tests/tf_matrix.py): per sample, up to `PER_SAMPLE[mesh]` layouts
 spread over the XLA column's always-included ones, replicated and every
 dimension split among them. Measured when written: 1,867 cases (288 on <x=1>,
-564 on <x=2>, 580 on 2x2, 435 on 2x4), ~55 s of CPU. Every one of the XLA
-column's 4,793 cases passed once, by hand (~6 min); the test runs the subset
-to stay within the TF test set's two-minute budget on two cores.
+564 on <x=2>, 580 on 2x2, 435 on 2x4), ~70 s of CPU, ~45 s with `-n 2`. All
+4,793 of the XLA column's cases passed too, run by hand (165 s of CPU in one
+process); the test runs the subset to keep the whole TF test set within about
+two minutes on two cores.
 
 TensorFlow's own collectives ("v2") run each sample whose values are all f32
 or i32 once on the 2x4 mesh, every dimension split over (cols, rows): groups

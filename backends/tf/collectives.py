@@ -91,7 +91,8 @@ class Communicator:
         self._instances += 1
         return group_key, self._instances
 
-    def tf_collective(self, make: Callable[..., tf.Tensor], group: list[int], inputs: dict[int, tf.Tensor], **attrs: Any) -> dict[int, tf.Tensor]:
+    def tf_collective(self, make: Callable[..., tf.Tensor], group: list[int], inputs: dict[int, tf.Tensor],
+                      **attrs: Any) -> dict[int, tf.Tensor]:
         """One TF collective over `group`: `make(input=..., group_size=..., ...)` on each
         member, after that member's previous collective."""
         group_key, instance_key = self._keys(group)
@@ -111,8 +112,7 @@ def _axes(op: OpView) -> tuple[str, ...]:
 
 def _reducible(op: OpView, x: tf.Tensor) -> tf.Tensor:
     """The dtype a collective reduces in, as the simulator: float32 for 16-bit floats,
-    int32 for bool (max is any, min is all); in "v2" mode, int64 for the integers
-    TF's collectives lack (numpy sums them in int64 too, then wraps)."""
+    int32 for bool (max is any, min is all)."""
     ttype = op.operand_types[0]
     if ttype.dtype.is_float and ttype.dtype.itemsize < 4:
         return tf.cast(x, tf.float32)
@@ -167,6 +167,7 @@ def _explicit_reduce(op: OpView, group: list[int], xs: list[tf.Tensor], comm: Co
 
 def _v2_reduce(op: OpView, group: list[int], xs: list[tf.Tensor], comm: Communicator) -> dict[int, tf.Tensor]:
     inputs = {d: xs[d] for d in group}
+    # 8-bit and unsigned integers reduce in int64 (numpy sums them in int64 too, then wraps).
     if inputs[group[0]].dtype not in allowed_dtypes("CollectiveReduceV2"):
         inputs = {d: tf.cast(x, tf.int64) for d, x in inputs.items()}
     return comm.tf_collective(tf.raw_ops.CollectiveReduceV2, group, inputs,

@@ -62,9 +62,11 @@ class TFProgram:
             ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Global numpy arrays in and out. Variables start from their initializers, or
         from `variables` (global values by name); the second result holds every
-        variable the function uses, after the run."""
+        variable given or used, after the run (a given one the function does not
+        use passes through), as the xla backend's `run`."""
         feed = {port.tensor: value for port, value in zip(self.inputs, self._bind(inputs))}
-        init_feed = self._initial_feed(variables or {})
+        given = self._given_variables(variables or {})
+        init_feed = self._initial_feed(given)
         try:
             with self.session() as session:
                 session.run(INIT, init_feed)
@@ -72,7 +74,7 @@ class TFProgram:
                 slices = session.run([v.values for v in self.variables])
         except tf.errors.OpError as exc:
             raise RuntimeFailure(f"func @{self.function.name} failed in TensorFlow: {error_summary(exc)}") from None
-        state = {v.name: self._unshard(v, s) for v, s in zip(self.variables, slices)}
+        state = {**given, **{v.name: self._unshard(v, s) for v, s in zip(self.variables, slices)}}
         return {p.name: np.asarray(value) for p, value in zip(self.outputs, outputs)}, state
 
     def _bind(self, given: Mapping[str, Any]) -> list[np.ndarray]:
@@ -87,20 +89,22 @@ class TFProgram:
             bound.append(to_argument(given[port.name], port.type, f"func @{self.function.name} input '{port.name}'"))
         return bound
 
-    def _initial_feed(self, given: Mapping[str, Any]) -> dict[Any, np.ndarray]:
-        """Feeds overriding the initial value of each given variable's slices."""
-        used = {v.name: v for v in self.variables}
-        feed = {}
+    def _given_variables(self, given: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        checked = {}
         for name, value in given.items():
             if name not in self.module.variables:
                 known = ", ".join("@" + v for v in self.module.variables) or "none"
                 raise MeshirError(f"variables name @{name}, which the module does not declare (variables: {known})")
-            if name not in used:
-                continue  # the function does not use it: nothing in the graph holds it
-            slices = used[name]
-            whole = to_argument(value, slices.type, f"variable @{name}")
-            for initial, part in zip(slices.initial, shard(whole, slices.layout, self.mesh)):
-                feed[initial] = part
+            checked[name] = to_argument(value, self.module.variables[name].type, f"variable @{name}")
+        return checked
+
+    def _initial_feed(self, given: Mapping[str, np.ndarray]) -> dict[Any, np.ndarray]:
+        """Feeds overriding the initial value of each given, used variable's slices."""
+        feed = {}
+        for slices in self.variables:
+            if slices.name in given:
+                for initial, part in zip(slices.initial, shard(given[slices.name], slices.layout, self.mesh)):
+                    feed[initial] = part
         return feed
 
     def _unshard(self, slices: VariableSlices, values: list[np.ndarray]) -> np.ndarray:

@@ -1,17 +1,20 @@
-"""meshir's counter-based generator (meshir/random.py) in TensorFlow ops, bit for bit.
+"""meshir's counter-based generator (meshir/random.py) in TensorFlow ops.
 
 Only uint32 wrapping add and multiply, xor and logical right shifts, which TF
-has on CPU (AddV2, Mul, BitwiseXor, RightShift for uint32). Each element's bits
+has on CPU (AddV2, Mul, BitwiseXor, RightShift for uint32), so the bits, uniform
+draws and dropout masks are the reference's bit for bit; normal draws use TF's
+float32 log and cos, equal to numpy's to float32 rounding. Each element's bits
 come from its *global* row-major linear index. Each device's copy of an op is
 emitted separately, so a device's block offsets are numbers known when the
 graph is built: the index is an iota plus constants, no device queries.
 
 A draw is ~20 TF ops (two rounds of the mixer) and a normal one twice that, on
 every device, for every random op and random initializer: the draws are TF
-functions (`meshir_uniform`, `meshir_normal`, `meshir_keep`) in the graph's
-library, called once per device, which keeps a GraphDef small (a truncated
-normal initializer on 8 devices is ~130 nodes instead of ~3,300). TensorFlow's
-function optimizer inlines them before a Session runs the graph.
+functions (`meshir_bits`, `meshir_uniform`, `meshir_normal`, `meshir_keep`) in
+the graph's library, called once per device, which keeps a GraphDef small (a
+truncated normal initializer, eight draws per element, is 640 nodes on 8
+devices instead of ~3,400). TensorFlow's function optimizer inlines them before
+a Session runs the graph.
 """
 from __future__ import annotations
 
