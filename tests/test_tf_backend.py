@@ -208,9 +208,9 @@ def test_large_sums_reduce_by_chunks_on_every_device(monkeypatch):
     matrix (sums, max, prod; chunks that do not divide evenly included)."""
     from meshir.backends.tf import collectives
 
-    from .spmd_matrix import MESHES, all_programs
+    from .spmd_matrix import MESHES
     from .tf_matrix import EXPLICIT, spread_cases
-    from .xla_matrix import Case, check_batch, failure_report
+    from .xla_matrix import check_batch, failure_report
 
     monkeypatch.setattr(collectives, "CHUNKED_BYTES", 0)
     ops = {"einsum", "matmul", "reduce_sum", "reduce_max", "reduce_prod", "logsumexp", "layer_norm"}

@@ -10,18 +10,19 @@ never a crash in the middle of a run.
 from __future__ import annotations
 
 import functools
-from typing import Any, Iterable
+from typing import Any
 
 from .rules_common import tf
 
-from tensorflow.python.framework import kernels, op_def_registry  # noqa: E402  (after the lazy import of tf)
+# After .rules_common, which imports TensorFlow with its start-up logging quieted.
+from tensorflow.python.framework import kernels as kernel_registry, op_def_registry  # noqa: E402
 
 
 @functools.cache
 def _kernel_constraints(op_type: str, device_kind: str) -> tuple[dict[str, frozenset[int]], ...]:
     """One entry per kernel of `op_type` that runs on `device_kind` (its own, or a
     DEFAULT kernel, which runs anywhere): attribute -> the dtypes it allows."""
-    registered = kernels.get_registered_kernels_for_op(op_type).kernel
+    registered = kernel_registry.get_registered_kernels_for_op(op_type).kernel
     return tuple(
         {c.name: frozenset(c.allowed_values.list.type) for c in kernel.constraint}
         for kernel in registered if kernel.device_type in (device_kind, "DEFAULT")
