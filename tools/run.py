@@ -11,6 +11,7 @@ from meshir.diagnostics import FlagError
 
 from .common import EXIT_OK, EXIT_RUNTIME, atomic_write, internal_error, load_module, run_main
 from .compile import add_program_flags, compile_tf, compile_xla, prepare
+from .runners import make_runner
 from .train import train_loop
 
 BACKENDS = ("reference", "xla", "tf")
@@ -75,8 +76,6 @@ def save_outputs(path: str, outputs: dict[str, np.ndarray]) -> None:
 
 def train(args: argparse.Namespace) -> int:
     """Build the train step, then run the training loop on the chosen backend."""
-    from meshir.interpreter import Interpreter
-
     from .train import load_dataset, resize_dimension, train_pipeline
 
     if not args.data:
@@ -91,37 +90,15 @@ def train(args: argparse.Namespace) -> int:
         module.function(eval_name)
     dataset = load_dataset(args.data, module.functions[entry])
     if args.passes is None:
-        args.passes = train_pipeline(entry, args.optimizer, args.lr, partition=args.backend == "xla")
+        args.passes = train_pipeline(entry, args.optimizer, args.lr, partition=args.backend != "reference")
     if args.backend == "reference":
         from meshir.passes.pipeline import PassManager, parse_pipeline
 
         PassManager(parse_pipeline(args.passes)).run(module)
-        interpreter = Interpreter(module)
-        run_function = interpreter.run
     else:
         module, entry = prepare(module, args)
-        run_function = xla_runner(module, args.emit_mode)
-    metrics = train_loop(run_function, module, entry, eval_name, dataset, args.steps, args.eval_every, args.seed)
+    metrics = train_loop(make_runner(args.backend, module, args), module, entry, eval_name, dataset, args.steps, args.eval_every, args.seed)
     return EXIT_OK if np.isfinite(metrics["loss"]) else EXIT_RUNTIME
-
-
-def xla_runner(module, emit_mode: str):
-    """Run functions of `module` through XLA, compiling each once and keeping the
-    variables on the devices between calls."""
-    from meshir.interpreter import Interpreter
-
-    state = dict(Interpreter(module).state)
-    programs = {}
-
-    def run_function(name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if name not in programs:
-            programs[name] = compile_xla(module, name, emit_mode)
-        program = programs[name]
-        outputs, written = program(inputs, {p.name: state[p.name] for p in program.variables})
-        state.update(written)
-        return {k: np.asarray(v) for k, v in outputs.items()}
-
-    return run_function
 
 
 def main(argv: list[str] | None = None) -> int:
