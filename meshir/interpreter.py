@@ -20,7 +20,7 @@ import numpy as np
 from .diagnostics import MeshirError, RuntimeFailure
 from .dtypes import dtype_of_numpy
 from .initializers import INITIALIZERS
-from .ir import Function, Module, Operation, Value
+from .ir import Function, Module, Operation, Value, Variable
 from .mesh import LayoutRules, Mesh, ValueLayout
 from .registry import OpDef, OpView, lookup
 from .types import TensorType
@@ -138,6 +138,12 @@ class _DeviceState(MutableMapping):
         return len(self._local_state)
 
 
+def initial_value(variable: Variable) -> np.ndarray:
+    """The variable's global initial value, drawn in its master dtype and stored in its slice dtype."""
+    value = INITIALIZERS[variable.initializer].materialize(variable.type, variable.init_args)
+    return value.astype(variable.slice_type.dtype.numpy, copy=False)
+
+
 class Interpreter:
     """Runs a module's functions in numpy; `state` holds every variable's global value."""
 
@@ -152,10 +158,9 @@ class Interpreter:
         self.state: dict[str, np.ndarray] = {}
         for name, variable in module.variables.items():
             if name in given:
-                self.state[name] = to_argument(given[name], variable.type, f"state of variable @{name}")
+                self.state[name] = to_argument(given[name], variable.slice_type, f"state of variable @{name}")
             else:
-                initializer = INITIALIZERS[variable.initializer]
-                self.state[name] = initializer.materialize(variable.type, variable.init_args)
+                self.state[name] = initial_value(variable)
 
     def run(
         self,
@@ -194,7 +199,7 @@ class Interpreter:
         if not func.is_local:
             raise MeshirError(f"func @{func.name} is a global function; run it with run()")
         mesh = self.module.mesh_of(func)
-        layouts = _storage_layouts(self.module, func)
+        layouts = storage_layouts(self.module, func)
         if local_state is None:
             state = {name: shard(self.state[name], layout, mesh) for name, layout in layouts.items()}
         else:
@@ -215,7 +220,7 @@ class Interpreter:
         for name, layout in layouts.items():
             if name not in state:
                 raise MeshirError(f"local state has no slices of variable @{name}, which func @{func.name} uses")
-            variable_type = self.module.variables[name].type
+            variable_type = self.module.variables[name].slice_type
             state[name] = _per_device(state[name], layout.local_type(variable_type, mesh), f"local state of variable @{name}", mesh)
 
 
@@ -307,7 +312,7 @@ def _per_device(value: Any, ttype: TensorType, what: str, mesh: Mesh) -> PerDevi
     return [to_argument(v, ttype, f"{what} on device {d}") for d, v in enumerate(value)]
 
 
-def _storage_layouts(module: Module, func: Function) -> dict[str, ValueLayout]:
+def storage_layouts(module: Module, func: Function) -> dict[str, ValueLayout]:
     """Each variable the function's state ops touch -> its storage layout there
     (replicated when the op gives none). One function stores a variable one way."""
     layouts: dict[str, ValueLayout] = {}

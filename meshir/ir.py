@@ -144,6 +144,17 @@ class Variable:
     def trainable(self) -> bool:
         return bool(self.attributes.get("trainable", True))
 
+    # Mixed precision as in Mesh TensorFlow: the declared type is the master type
+    # (what checkpoints and the optimizer's math hold); devices store the
+    # variable in its slice dtype; `read` yields its activation dtype.
+    @property
+    def slice_type(self) -> TensorType:
+        return self.type.with_dtype(self.attributes.get("slice_dtype") or self.type.dtype)
+
+    @property
+    def activation_type(self) -> TensorType:
+        return self.type.with_dtype(self.attributes.get("activation_dtype") or self.type.dtype)
+
 
 @dataclass(eq=False)
 class Module:

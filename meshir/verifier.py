@@ -7,16 +7,18 @@ the sizes involved.
 """
 from __future__ import annotations
 
-from typing import Any
-
-from .attributes import BOOL, AttrSpec, SymbolRef, check_attributes
+from .attributes import BOOL, DTYPE, AttrSpec, SymbolRef, check_attributes
 from .diagnostics import Location, MeshirError
 from .ir import Function, Module, Operation, Variable
 from .mesh import LayoutRules, Mesh
 from .registry import OpView, find
 from .types import TensorType
 
-VARIABLE_ATTRS: dict[str, AttrSpec] = {"trainable": AttrSpec(BOOL, True)}
+VARIABLE_ATTRS: dict[str, AttrSpec] = {
+    "trainable": AttrSpec(BOOL, True),
+    "slice_dtype": AttrSpec(DTYPE, None),  # how devices store it (default: the declared, master dtype)
+    "activation_dtype": AttrSpec(DTYPE, None),  # what `read` yields (default: the master dtype)
+}
 # `gradients` (set by autodiff) names, for each result after the loss, the
 # variable it is the gradient of.
 FUNCTION_ATTRS = ("mesh", "layout", "spmd", "gradients")
@@ -45,6 +47,12 @@ def verify_variable(variable: Variable) -> None:
         variable.attributes = check_attributes(VARIABLE_ATTRS, variable.attributes, f"variable @{variable.name}")
     except MeshirError as exc:
         raise _at(variable.loc, exc.message) from None
+    master = variable.type.dtype
+    for key in ("slice_dtype", "activation_dtype"):
+        dtype = variable.attributes.get(key)
+        if dtype is not None and dtype != master and not (dtype.is_float and master.is_float):
+            raise _at(variable.loc, f"variable @{variable.name}: {key} = {dtype} differs from its master dtype {master}; "
+                                    "only float variables keep several precisions")
 
 
 def function_mesh_and_layout(module: Module, function: Function) -> tuple[Mesh | None, LayoutRules | None]:

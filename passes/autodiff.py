@@ -6,7 +6,7 @@
 
 A function returning a scalar float loss first is rewritten in place to return
 the loss, then one gradient per variable (`%grad_<var>`, of the variable's
-type), and its `gradients` attribute lists those variables in that order; any
+master type, whatever dtype its reads yield), and its `gradients` attribute lists those variables in that order; any
 other results it returned are dropped. Reads of one variable accumulate; a
 variable the loss does not depend on gets zeros. The backward ops are ordinary
 global ops appended after the forward ones, built by each op's gradient rule
@@ -148,7 +148,8 @@ def differentiate_function(module: Module, function: Function, wrt: tuple[str, .
     e = Emitter(module, function, function.return_loc)
     grads, position = [], 0
     for variable, rs in zip(variables, reads):
-        parts = [g for g in found[position:position + len(rs)] if g is not None]
+        parts = [g if g.type.dtype == variable.type.dtype else e.emit("cast", g, dtype=variable.type.dtype)
+                 for g in found[position:position + len(rs)] if g is not None]
         position += len(rs)
         grad = e.zeros(variable.type) if not parts else parts[0]
         for part in parts[1:]:

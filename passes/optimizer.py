@@ -21,7 +21,6 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from meshir.attributes import SymbolRef
 from meshir.diagnostics import MeshirError
 from meshir.dtypes import f32, i32
 from meshir.emitter import Emitter
@@ -132,7 +131,11 @@ class Optimizer(Pass):
             return v if dtype == f32 else e.emit("cast", v, dtype=dtype)
 
         def read(name: str) -> Value:
-            return e.emit("read", f"@{name}")
+            # The update's math runs in the master dtype, whatever `read` yields elsewhere.
+            master = module.variables[name].type.dtype
+            if module.variables[name].activation_type.dtype == master:
+                return e.emit("read", f"@{name}")
+            return e.emit("read", f"@{name}", dtype=master)
 
         weight = read(variable.name)
         step_size = scalar(lr)

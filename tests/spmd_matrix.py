@@ -34,8 +34,8 @@ import numpy as np
 from meshir.diagnostics import MeshirError
 from meshir.dtypes import dtype_of_numpy
 from meshir.frontends.text import parse_module
-from meshir.interpreter import Interpreter, output_names, shard, unshard
-from meshir.ir import Function, Module
+from meshir.interpreter import Interpreter, output_names, shard, storage_layouts, unshard
+from meshir.ir import Module
 from meshir.mesh import LayoutRules, Mesh, ValueLayout
 from meshir.passes.base import COLLECTIVE_BYTES
 from meshir.passes.layout import without_trivial_axes
@@ -269,7 +269,7 @@ def spmd(module: Module, inputs: Outputs) -> Outputs:
         return without_trivial_axes(rules.layout_of(ttype), mesh)
 
     interpreter = Interpreter(module)
-    storage = _storage_layouts(module, local)
+    storage = storage_layouts(module, local)
     state = {name: shard(interpreter.state[name], storage[name], mesh) for name in storage}
     sharded = {name: shard(value, layout(arg_types[name]), mesh) for name, value in inputs.items()}
     per_device = interpreter.run_local("f", sharded, local_state=state)
@@ -279,18 +279,6 @@ def spmd(module: Module, inputs: Outputs) -> Outputs:
     for name, value in interpreter.state.items():
         outputs[f"@{name}"] = assemble(f"variable @{name}", state[name], storage[name], mesh) if name in state else value
     return outputs
-
-
-def _storage_layouts(module: Module, local: Function) -> dict[str, ValueLayout]:
-    """How the local function stores each variable it touches (`read @w {layout = ...}`)."""
-    layouts = {}
-    for op in local.ops:
-        symbol = op.opdef.symbol_operand
-        if symbol is not None:
-            variable = module.variables[op.attributes[symbol].name]
-            rules = op.attributes.get("layout") or LayoutRules(())
-            layouts[variable.name] = rules.layout_of(variable.type)
-    return layouts
 
 
 def assemble(what: str, slices: list[np.ndarray], layout: ValueLayout, mesh: Mesh) -> np.ndarray:

@@ -9,6 +9,7 @@ from meshir.diagnostics import FlagError
 
 from .common import EXIT_OK, atomic_write, internal_error, load_module, run_main
 from .compile import add_program_flags, compile_tf, compile_xla, prepare
+from .train import train_pipeline
 
 XLA_SUFFIXES = (".hlo", ".mlir", ".jaxexport")
 TF_SUFFIXES = (".pb", ".pbtxt", ".savedmodel")
@@ -23,6 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tensorboard", metavar="DIR",
                         help="with a TensorFlow output, also write the graph for TensorBoard's graph view to DIR")
     add_program_flags(parser)
+    training = parser.add_argument_group("training")
+    training.add_argument("--train", action="store_true",
+                          help="emit the entry's whole train step: forward, backward and the optimizer update of its variables")
+    training.add_argument("--optimizer", default="adam", help="with --train: sgd, momentum, adam or adafactor (default adam)")
+    training.add_argument("--lr", type=float, default=1e-3, help="with --train: learning rate (default 1e-3)")
     return parser
 
 
@@ -47,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
             raise FlagError(f"-o: unknown output kind '{suffix or output}' (expected {', '.join(XLA_SUFFIXES + TF_SUFFIXES)})")
         if args.tensorboard and suffix not in TF_SUFFIXES:
             raise FlagError(f"--tensorboard shows the TensorFlow graph: use it with -o {', '.join(TF_SUFFIXES)}")
-        module, entry = prepare(load_module(args.input, args.mesh, args.layout), args)
+        module = load_module(args.input, args.mesh, args.layout)
+        if args.train and args.passes is None:
+            args.passes = train_pipeline(module.function(args.entry).name, args.optimizer, args.lr, partition=True)
+        module, entry = prepare(module, args)
         if suffix in TF_SUFFIXES:
             write_tf(compile_tf(module, entry, args), output, args.tensorboard)
             return EXIT_OK

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from meshir.diagnostics import MeshirError, RuntimeFailure
-from meshir.interpreter import REPLICATED, output_names
+from meshir.interpreter import REPLICATED, output_names, storage_layouts
 from meshir.ir import Function, Module, Operation, Value
 from meshir.mesh import Mesh, ValueLayout
 from meshir.passes.layout import without_trivial_axes
@@ -99,21 +99,6 @@ def _check_node_name(name: str, what: str) -> None:
 def global_type(local: TensorType, layout: ValueLayout, mesh: Mesh) -> TensorType:
     """The global type of a value whose per-device slice is `local`."""
     return local.with_dims(Dim(d.name, d.size * layout.split_count(mesh, i)) for i, d in enumerate(local.dims))
-
-
-def storage_layouts(module: Module, function: Function) -> dict[str, ValueLayout]:
-    """Each variable the function's state ops touch -> its storage layout there
-    (replicated without a `layout`); one function stores a variable one way."""
-    layouts: dict[str, ValueLayout] = {}
-    for op in function.ops:
-        symbol_attr = lookup(op.name).symbol_operand
-        if symbol_attr is None:
-            continue
-        name = op.attributes[symbol_attr].name
-        layout = (op.attributes.get("layout") or REPLICATED).layout_of(module.variables[name].type)
-        if layouts.setdefault(name, layout) != layout:
-            raise MeshirError(f"{op.name}: func @{function.name} stores variable @{name} with two different layouts", op.loc)
-    return layouts
 
 
 class GraphBuilder:
@@ -216,8 +201,8 @@ class GraphBuilder:
             self.owners[scope.rstrip("/")] = "the variables"
             for name, layout in storage_layouts(self.module, self.function).items():
                 variable = self.module.variables[name]
-                local = layout.local_type(variable.type, self.mesh)
-                slices = VariableSlices(name, variable.type, layout)
+                local = layout.local_type(variable.slice_type, self.mesh)
+                slices = VariableSlices(name, variable.slice_type, layout)
                 with self.graph.name_scope(name):
                     self.comm.begin_op()
                     for device in self.mesh.devices():

@@ -81,10 +81,11 @@ def _cast(values: tf.Tensor, ttype: TensorType) -> tf.Tensor:
 def initial_slice(variable: Variable, local_shape: Sequence[int], offsets: Sequence[int] | None = None) -> tf.Tensor:
     """The block of `local_shape` at `offsets` (default: the whole variable) of the
     variable's global initial value, as TF ops."""
-    ttype = variable.type
+    ttype, stored = variable.type, tf_dtype(variable.slice_type.dtype)
     if variable.initializer in _RANDOM:
         index = random.linear_index(local_shape, ttype.shape, offsets)
-        return _cast(_RANDOM[variable.initializer](ttype, _args(variable), index), ttype)
+        values = _cast(_RANDOM[variable.initializer](ttype, _args(variable), index), ttype)
+        return values if values.dtype == stored else tf.cast(values, stored)
     # zeros, ones and constant fill one value: the reference computes it exactly.
     fill = INITIALIZERS[variable.initializer].materialize(ttype.with_dims(()), variable.init_args)
-    return tf.fill(const(local_shape), const(fill, tf_dtype(ttype.dtype)))
+    return tf.fill(const(local_shape), const(fill.astype(variable.slice_type.dtype.numpy), stored))

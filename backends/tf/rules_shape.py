@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from meshir.ops.state import variable_of
 from meshir.registry import OpView
+from meshir.types import TensorType
 
 from .rules_common import Rule, align, as_type, axis_of, const, move_axis, pad_axis, slice_axis, tf, tf_dtype, zeros
 
@@ -104,19 +106,24 @@ def _iota(op: OpView) -> tf.Tensor:
 # ---------------------------------------------------------------------------- state and constants
 
 
+def _stored(op: OpView) -> TensorType:
+    """The type an assigned value is stored in: its own shape, the variable's slice dtype."""
+    return op.operand_types[0].with_dtype(variable_of(op).slice_type.dtype)
+
+
 def _read(op: OpView) -> tf.Tensor:
-    return op.state.read(op.attr("var").name)
+    return as_type(op.state.read(op.attr("var").name), op.result_types[0])
 
 
 def _assign(op: OpView, x: tf.Tensor) -> tuple:
-    op.state.write(op.attr("var").name, x)
+    op.state.write(op.attr("var").name, as_type(x, _stored(op)))
     return ()
 
 
 def _assign_add(op: OpView, x: tf.Tensor) -> tuple:
-    name, ttype = op.attr("var").name, op.operand_types[0]
+    name, ttype = op.attr("var").name, _stored(op)
     old = op.state.read(name)
-    if ttype.dtype.is_float and ttype.dtype.itemsize < 4:
+    if ttype.dtype.is_float and min(ttype.dtype.itemsize, op.operand_types[0].dtype.itemsize) < 4:
         old, x = tf.cast(old, tf.float32), tf.cast(x, tf.float32)
     op.state.write(name, as_type(old + x, ttype))
     return ()

@@ -30,8 +30,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from meshir.diagnostics import MeshirError
-from meshir.initializers import INITIALIZERS
-from meshir.interpreter import REPLICATED, output_names, shard, to_argument
+from meshir.interpreter import REPLICATED, initial_value, output_names, shard, storage_layouts, to_argument
 from meshir.ir import Function, Module
 from meshir.mesh import LayoutRules, Mesh, ValueLayout
 from meshir.registry import OpView, lookup
@@ -130,7 +129,7 @@ class CompiledProgram:
         feed = _bind(self.function, self.inputs, {k: _stacked(v) for k, v in inputs.items()})
         if local_state is None:
             layouts = storage_layouts(self.module, self.function)
-            state = initial_state(self.module, [Port(n, self.module.variables[n].type) for n in layouts], None)
+            state = initial_state(self.module, [Port(n, self.module.variables[n].slice_type) for n in layouts], None)
             local_state = {n: shard(state[n], layouts[n], self.mesh) for n in layouts}
         missing = [p.name for p in self.variables if p.name not in local_state]
         if missing:
@@ -170,27 +169,11 @@ def initial_state(module: Module, ports: Sequence[Port], given: Mapping[str, Any
         if name not in module.variables:
             known = ", ".join("@" + v for v in module.variables) or "none"
             raise MeshirError(f"variables name @{name}, which the module does not declare (variables: {known})")
-        state[name] = to_argument(value, module.variables[name].type, f"variable @{name}")
+        state[name] = to_argument(value, module.variables[name].slice_type, f"variable @{name}")
     for port in ports:
         if port.name not in state:
-            variable = module.variables[port.name]
-            state[port.name] = INITIALIZERS[variable.initializer].materialize(variable.type, variable.init_args)
+            state[port.name] = initial_value(module.variables[port.name])
     return state
-
-
-def storage_layouts(module: Module, function: Function) -> dict[str, ValueLayout]:
-    """Each variable the function's state ops touch -> its storage layout there
-    (replicated without a `layout`); one function stores a variable one way."""
-    layouts: dict[str, ValueLayout] = {}
-    for op in function.ops:
-        symbol_attr = lookup(op.name).symbol_operand
-        if symbol_attr is None:
-            continue
-        name = op.attributes[symbol_attr].name
-        layout = (op.attributes.get("layout") or REPLICATED).layout_of(module.variables[name].type)
-        if layouts.setdefault(name, layout) != layout:
-            raise MeshirError(f"{op.name}: func @{function.name} stores variable @{name} with two different layouts", op.loc)
-    return layouts
 
 
 def _written(function: Function) -> list[str]:
@@ -229,7 +212,7 @@ def _ports(function: Function, module: Module, mesh: Mesh | None, local: bool, p
         return Port(name, outer, partition_spec(layout, mesh))
 
     def variable_port(name: str) -> Port:
-        variable_type = module.variables[name].type
+        variable_type = module.variables[name].slice_type
         if local:
             layout = layouts[name]
             return port(name, layout.local_type(variable_type, mesh), layout, True)

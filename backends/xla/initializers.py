@@ -70,12 +70,12 @@ def _cast(values: jax.Array, ttype: TensorType) -> jax.Array:
 
 def initial_value(variable: Variable) -> jax.Array:
     """The variable's global initial value, traced (call inside jit and `x64()`)."""
-    ttype = variable.type
+    ttype, stored = variable.type, variable.slice_type.dtype.numpy
     if variable.initializer in _RANDOM:
-        return _cast(_RANDOM[variable.initializer](ttype, _args(variable)), ttype)
+        return _cast(_RANDOM[variable.initializer](ttype, _args(variable)), ttype).astype(stored)
     # zeros, ones and constant fill one value: the reference computes it exactly.
     fill = INITIALIZERS[variable.initializer].materialize(ttype.with_dims(()), variable.init_args)
-    return jnp.full(ttype.shape, fill)
+    return jnp.full(ttype.shape, fill.astype(stored))
 
 
 def initial_values(

@@ -5,7 +5,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from meshir.ops.state import variable_of
 from meshir.registry import OpView
+from meshir.types import TensorType
 
 from .rules_common import Rule, align, as_type, axis_of, scalar
 
@@ -109,19 +111,24 @@ def _iota(op: OpView) -> jax.Array:
 # ---------------------------------------------------------------------------- state and constants
 
 
+def _stored(op: OpView) -> TensorType:
+    """The type an assigned value is stored in: its own shape, the variable's slice dtype."""
+    return op.operand_types[0].with_dtype(variable_of(op).slice_type.dtype)
+
+
 def _read(op: OpView) -> jax.Array:
-    return op.state[op.attr("var").name]
+    return as_type(op.state[op.attr("var").name], op.result_types[0])
 
 
 def _assign(op: OpView, x: jax.Array) -> tuple:
-    op.state[op.attr("var").name] = x
+    op.state[op.attr("var").name] = as_type(x, _stored(op))
     return ()
 
 
 def _assign_add(op: OpView, x: jax.Array) -> tuple:
-    name, ttype = op.attr("var").name, op.operand_types[0]
+    name, ttype = op.attr("var").name, _stored(op)
     old = op.state[name]
-    if ttype.dtype.is_float and ttype.dtype.itemsize < 4:
+    if ttype.dtype.is_float and min(ttype.dtype.itemsize, op.operand_types[0].dtype.itemsize) < 4:
         old, x = old.astype(jnp.float32), x.astype(jnp.float32)
     op.state[name] = as_type(old + x, ttype)
     return ()

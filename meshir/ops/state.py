@@ -7,12 +7,17 @@ its value, which the interpreter supplies (in a local program, the device's slic
 In a local (spmd) function a variable is stored split over the mesh: the
 optional `layout` attribute gives its storage layout, and the op sees the
 device's slice. Without it every device holds the whole variable.
+
+Dtypes: the state holds a variable in its slice dtype; `read` yields its
+activation dtype, or the `dtype` asked for (the optimizer reads the master
+dtype); `assign` and `assign_add` take a value of any of the variable's
+dtypes and store it in the slice dtype.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..attributes import LAYOUT, SYMBOL, AttrSpec
+from ..attributes import DTYPE, LAYOUT, SYMBOL, AttrSpec
 from ..diagnostics import MeshirError
 from ..ir import Variable
 from ..registry import NOT_DIFFERENTIABLE, OpView, defop
@@ -24,7 +29,7 @@ from .mesh_ops import check_value_layout
 _STATE_ATTRS = {"var": AttrSpec(SYMBOL), "layout": AttrSpec(LAYOUT, None)}
 
 
-def _variable(view: OpView) -> Variable:
+def variable_of(view: OpView) -> Variable:
     ref = view.attr("var")
     variables = view.module.variables if view.module is not None else {}
     if ref.name not in variables:
@@ -33,32 +38,45 @@ def _variable(view: OpView) -> Variable:
 
 
 def storage_type(view: OpView) -> TensorType:
-    """The variable's type as this op sees it: the global type, or in a local function
-    with a `layout`, the type of one device's slice."""
-    variable = _variable(view)
+    """The variable's stored type as this op sees it: the global slice type, or in a
+    local function with a `layout`, the type of one device's block."""
+    variable = variable_of(view)
     rules = view.attr("layout")
     if rules is None:
-        return variable.type
+        return variable.slice_type
     if view.function is None or not view.function.is_local:
         raise MeshirError(
             f"{view.name}: 'layout' gives a variable's storage layout in a local function "
             f"(attributes {{spmd = @mesh}}); in a global function pin a layout with reshard"
         )
     mesh = view.mesh
-    return check_value_layout(view, rules, variable.type, mesh).local_type(variable.type, mesh)
+    return check_value_layout(view, rules, variable.type, mesh).local_type(variable.slice_type, mesh)
+
+
+def _variable_dtypes(variable: Variable) -> set:
+    return {variable.type.dtype, variable.slice_type.dtype, variable.activation_type.dtype}
 
 
 read = defop(
-    "read", 0, "state", "The variable's current value.",
-    attrs=_STATE_ATTRS, symbol_operand="var", reads_state=True,
+    "read", 0, "state", "The variable's current value, in its activation dtype or in `dtype` (one of its dtypes).",
+    attrs={**_STATE_ATTRS, "dtype": AttrSpec(DTYPE, None)}, symbol_operand="var", reads_state=True,
 )
-read.type_rule(storage_type)
+
+
+@read.type_rule
+def _read_type(view: OpView) -> TensorType:
+    variable = variable_of(view)
+    dtype = view.attr("dtype") or variable.activation_type.dtype
+    if dtype not in _variable_dtypes(variable):
+        known = ", ".join(sorted(str(d) for d in _variable_dtypes(variable)))
+        raise MeshirError(f"{view.name}: variable {view.attr('var')} has no dtype {dtype} (its dtypes: {known})")
+    return storage_type(view).with_dtype(dtype)
 
 
 @read.reference
 def _read(op: OpView) -> np.ndarray:
     # A copy, so that a caller holding the result never aliases the stored value.
-    return op.state[op.attr("var").name].copy()
+    return as_dtype(op.state[op.attr("var").name], op.result_types[0]).copy()
 
 
 read.splittable("all")
@@ -69,9 +87,11 @@ read.gradient(lambda e, op, cotangents: [])
 def _assign_type(view: OpView) -> list[TensorType]:
     expected = storage_type(view)
     given = view.operand_types[0]
-    if given != expected:
+    if given.with_dtype(expected.dtype) != expected or given.dtype not in _variable_dtypes(variable_of(view)):
         what = "each device's slice of variable" if view.attr("layout") is not None else "variable"
-        raise MeshirError(f"{view.name}: the value is {given} but {what} {view.attr('var')} is {expected}")
+        dtypes = " or ".join(sorted(str(d) for d in _variable_dtypes(variable_of(view))))
+        raise MeshirError(f"{view.name}: the value is {given} but {what} {view.attr('var')} is {expected} "
+                          f"(it takes a value of dtype {dtypes})")
     return []
 
 
@@ -84,7 +104,7 @@ assign.type_rule(_assign_type)
 
 @assign.reference
 def _assign(op: OpView, x: np.ndarray) -> tuple:
-    op.state[op.attr("var").name] = np.array(x, copy=True)
+    op.state[op.attr("var").name] = as_dtype(x, variable_of(op).slice_type).copy()
     return ()
 
 
@@ -108,12 +128,12 @@ def _assign_add_type(view: OpView) -> list[TensorType]:
 @assign_add.reference
 def _assign_add(op: OpView, x: np.ndarray) -> tuple:
     name = op.attr("var").name
-    ttype = op.operand_types[0]
+    stored = variable_of(op).slice_type
     old = op.state[name]
-    if ttype.dtype.is_float and ttype.dtype.itemsize < 4:
+    if stored.dtype.is_float and min(stored.dtype.itemsize, op.operand_types[0].dtype.itemsize) < 4:
         old, x = old.astype(np.float32), x.astype(np.float32)
     with np.errstate(all="ignore"):
-        op.state[name] = as_dtype(old + x, ttype)
+        op.state[name] = as_dtype(old + x, stored)
     return ()
 
 

@@ -13,7 +13,8 @@ all_reduce (or reduce_scatter) instead of gathering their inputs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from meshir.attributes import Name, SymbolRef
@@ -35,6 +36,14 @@ class LowerContext:
     function: Function
     mesh: Mesh
     layouts: dict[Value, ValueLayout]
+    _uses: Counter | None = field(default=None, repr=False)
+
+    def uses(self, value: Value) -> int:
+        """How many ops (and returns) of the global function use `value`."""
+        if self._uses is None:
+            self._uses = Counter(v for op in self.function.ops for v in op.operands)
+            self._uses.update(self.function.returns)
+        return self._uses[value]
 
     def want(self, sharded: Sharded, layout: ValueLayout) -> Value:
         return relayout(self.builder, sharded, layout).value
@@ -159,11 +168,14 @@ def _is_partial_sum(sharded: Sharded) -> bool:
 def _linear_rule(partial_operands: Callable[[list[Sharded]], bool]) -> Rule:
     """Ops linear in their partial-sum operands keep the sum pending: add of two
     partial sums, or a partial sum scaled by a complete value, costs one
-    all_reduce later instead of one per operand now."""
+    all_reduce later instead of one per operand now. Only for a partial sum
+    this op alone uses: another user would reduce it too, and two all_reduces
+    of one gradient (Adam's moment update and its square) cost twice one."""
 
     def rule(ctx: LowerContext, op: Operation, operands: list[Sharded]) -> list[Sharded]:
         partial = [s for s in operands if s.partial]
-        if not partial or not partial_operands(operands):
+        shared = any(s.partial and ctx.uses(v) > 1 for v, s in zip(op.operands, operands))
+        if not partial or shared or not partial_operands(operands):
             return generic_rule(ctx, op, operands)
         axes = partial[0].partial
         (result,) = op.results
