@@ -27,5 +27,3 @@ def test_flags_the_tf_backend_cannot_honour_exit_2(capsys):
     assert "--devices: mesh @m <rows=2, cols=4> needs 8 devices, got 4" in capsys.readouterr().err
     assert run.main([MLP, "--backend", "tf", "--emit-mode", "gspmd"]) == 2
     assert "XLA's partitioner has no TensorFlow counterpart" in capsys.readouterr().err
-    assert run.main([MLP, "--backend", "tf", "--train", "--data", "unused.npz"]) == 2
-    assert "--train: training runs on the reference and xla backends" in capsys.readouterr().err

@@ -12,7 +12,7 @@ from meshir.diagnostics import FlagError
 from .common import EXIT_OK, EXIT_RUNTIME, atomic_write, internal_error, load_module, run_main
 from .compile import add_program_flags, compile_tf, compile_xla, prepare
 from .runners import make_runner
-from .train import train_loop
+from .train import DEFAULT_CHECKPOINT_EVERY, train_loop
 
 BACKENDS = ("reference", "xla", "tf")
 
@@ -35,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
     training.add_argument("--eval", help="evaluation function averaged over the test set (default @accuracy if present)")
     training.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (default: only at the end)")
+    training.add_argument("--checkpoint", metavar="DIR",
+                          help="resume from the checkpoint in DIR when it holds one; save there every --checkpoint-every steps and at the end")
+    training.add_argument("--checkpoint-every", type=int, metavar="N",
+                          help=f"save a checkpoint every N steps (default {DEFAULT_CHECKPOINT_EVERY}); needs --checkpoint")
     return parser
 
 
@@ -76,10 +80,11 @@ def save_outputs(path: str, outputs: dict[str, np.ndarray]) -> None:
 
 def train(args: argparse.Namespace) -> int:
     """Build the train step, then run the training loop on the chosen backend."""
-    from .train import load_dataset, resize_dimension, train_pipeline
+    from .train import checkpointing_from_flags, load_dataset, resize_dimension, train_pipeline
 
     if not args.data:
         raise FlagError("--train needs --data FILE.npz")
+    checkpoints = checkpointing_from_flags(args.checkpoint, args.checkpoint_every)
     module = load_module(args.input, args.mesh, args.layout)
     entry = module.function(args.entry).name
     if args.batch is not None:
@@ -97,7 +102,8 @@ def train(args: argparse.Namespace) -> int:
         PassManager(parse_pipeline(args.passes)).run(module)
     else:
         module, entry = prepare(module, args)
-    metrics = train_loop(make_runner(args.backend, module, args), module, entry, eval_name, dataset, args.steps, args.eval_every, args.seed)
+    metrics = train_loop(make_runner(args.backend, module, args), module, entry, eval_name, dataset, args.steps, args.eval_every,
+                         args.seed, checkpoints)
     return EXIT_OK if np.isfinite(metrics["loss"]) else EXIT_RUNTIME
 
 
@@ -109,8 +115,6 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.backend not in BACKENDS:
             raise FlagError(f"--backend: unknown backend '{args.backend}' (backends: {', '.join(BACKENDS)})")
-        if args.train and args.backend == "tf":
-            raise FlagError("--train: training runs on the reference and xla backends; the tf backend runs one function")
         if args.train:
             return train(args)
         module = load_module(args.input, args.mesh, args.layout)

@@ -6,12 +6,14 @@
     runner.load_state(values)                        # replace some or all of them
 
 Each function is compiled once, at its first call; the variables stay with the
-backend between calls and are shared by all functions of the module.
+backend between calls and are shared by all functions of the module. On the tf
+backend each function's graph has its own variables in its own Session, so the
+values move from one Session to the next when the function called changes.
 """
 from __future__ import annotations
 
 import argparse
-from typing import Mapping, Protocol
+from typing import TYPE_CHECKING, Mapping, Protocol
 
 import numpy as np
 
@@ -19,7 +21,10 @@ from meshir.diagnostics import FlagError
 from meshir.interpreter import Interpreter, to_argument
 from meshir.ir import Module
 
-from .compile import compile_xla
+from .compile import compile_tf, compile_xla
+
+if TYPE_CHECKING:  # importing TensorFlow costs seconds; only the tf backend pays it
+    from meshir.backends.tf.compile import TFSession
 
 
 class Runner(Protocol):
@@ -34,7 +39,7 @@ def _checked_state(module: Module, values: Mapping[str, np.ndarray]) -> dict[str
     unknown = sorted(set(values) - set(module.variables))
     if unknown:
         raise FlagError(f"state names @{unknown[0]}, which the module does not declare")
-    return {name: to_argument(value, module.variables[name].type, f"variable @{name}") for name, value in values.items()}
+    return {name: to_argument(value, module.variables[name].slice_type, f"variable @{name}") for name, value in values.items()}
 
 
 class ReferenceRunner:
@@ -78,9 +83,48 @@ class XlaRunner:
         self._state.update(_checked_state(self.module, values))
 
 
+class TFRunner:
+    """Functions compiled to TensorFlow graphs, each kept open in its own Session.
+
+    The Session of the function that ran last holds the latest values of its
+    variables; `_state` holds every variable's value as of the last switch."""
+
+    def __init__(self, module: Module, args: argparse.Namespace):
+        self.module = module
+        self.args = args
+        self._state = dict(Interpreter(module).state)
+        self._sessions: dict[str, TFSession] = {}
+        self._current: str | None = None  # the function whose Session holds the latest values
+
+    def __call__(self, name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if name != self._current:
+            self._fetch()
+            if name in self._sessions:
+                self._sessions[name].load(self._state)
+            else:
+                self._sessions[name] = compile_tf(self.module, name, self.args).open(self._state)
+            self._current = name
+        return self._sessions[name](inputs)
+
+    def _fetch(self) -> None:
+        if self._current is not None:
+            self._state.update(self._sessions[self._current].variables())
+
+    def state(self) -> dict[str, np.ndarray]:
+        self._fetch()
+        return {name: np.array(value) for name, value in self._state.items()}
+
+    def load_state(self, values: Mapping[str, np.ndarray]) -> None:
+        self._fetch()
+        self._state.update(_checked_state(self.module, values))
+        self._current = None  # the next call loads the new values into its Session
+
+
 def make_runner(backend: str, module: Module, args: argparse.Namespace) -> Runner:
     if backend == "reference":
         return ReferenceRunner(module)
     if backend == "xla":
         return XlaRunner(module, args.emit_mode)
-    raise FlagError(f"--train: training runs on the reference and xla backends, not '{backend}'")
+    if backend == "tf":
+        return TFRunner(module, args)
+    raise FlagError(f"--train: training runs on the reference, xla and tf backends, not '{backend}'")

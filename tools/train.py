@@ -7,21 +7,51 @@ The entry function computes a scalar loss from a batch; `autodiff{func=...}` and
 names: `x_train`, `y_train`, ...); batches are drawn in a seeded shuffled order.
 An evaluation function (`--eval`, default `@accuracy` when the module has one)
 with the same arguments is averaged over the test set's full batches.
+
+With `--checkpoint DIR` (tools/checkpoint.py) a run resumes from DIR's checkpoint
+when there is one, draws the batches an uninterrupted run would have drawn from
+there, and saves every `--checkpoint-every` steps and at the end.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from meshir.diagnostics import FlagError
 from meshir.ir import Function, Module
 
-Runner = Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]
+from . import checkpoint
+from .runners import Runner
+
+DEFAULT_CHECKPOINT_EVERY = 100
+
+
+@dataclass(frozen=True)
+class Checkpointing:
+    """Where `--checkpoint` saves, and how often."""
+
+    directory: str
+    every: int
+
+    def due(self, step: int, last: int) -> bool:
+        return step % self.every == 0 or step == last
+
+
+def checkpointing_from_flags(directory: str | None, every: int | None) -> Checkpointing | None:
+    """The `--checkpoint DIR` and `--checkpoint-every N` flags, checked."""
+    if directory is None:
+        if every is not None:
+            raise FlagError("--checkpoint-every needs --checkpoint DIR")
+        return None
+    if every is not None and every < 1:
+        raise FlagError(f"--checkpoint-every: expected a number of steps >= 1, got {every}")
+    return Checkpointing(directory, every or DEFAULT_CHECKPOINT_EVERY)
 
 
 @dataclass
@@ -89,29 +119,47 @@ def evaluate(run: Runner, eval_name: str, dataset: Dataset) -> float:
     return float(np.mean(scores))
 
 
-def train_loop(run: Runner, module: Module, entry: str, eval_name: str | None, dataset: Dataset,
-               steps: int, eval_every: int, seed: int) -> dict[str, Any]:
-    """Train for `steps` steps; a progress bar on stderr, the final metrics as one
+def resume(runner: Runner, module: Module, directory: str, steps: int) -> tuple[int, float]:
+    """Load the checkpoint in `directory` into the runner, if there is one; returns
+    its step and loss (0 and NaN without one, after creating the folder)."""
+    checkpoint.create_folder(directory)
+    restored = checkpoint.load(directory)
+    if restored is None:
+        return 0, float("nan")
+    if restored.step > steps:
+        raise FlagError(f"--steps {steps}: the checkpoint {restored.path} is already at step {restored.step}")
+    runner.load_state(checkpoint.restore_values(restored, module))
+    print(f"resumed from {restored.path} at step {restored.step}", file=sys.stderr)
+    return restored.step, restored.loss
+
+
+def train_loop(runner: Runner, module: Module, entry: str, eval_name: str | None, dataset: Dataset,
+               steps: int, eval_every: int, seed: int, checkpoints: Checkpointing | None = None) -> dict[str, Any]:
+    """Train up to step `steps`; a progress bar on stderr, the final metrics as one
     JSON line on stdout."""
     out, bar = sys.stdout, sys.stderr
-    batches = dataset.batches(seed)
+    first, loss = resume(runner, module, checkpoints.directory, steps) if checkpoints else (0, float("nan"))
+    # The seeded order, less the batches the checkpointed steps consumed: the run
+    # continues exactly as if it had never stopped.
+    batches = itertools.islice(dataset.batches(seed), first, None)
     start = time.perf_counter()
-    loss = float("nan")
-    for step in range(1, steps + 1):
-        loss = float(next(iter(run(entry, next(batches)).values())))
-        rate = step * dataset.batch / max(time.perf_counter() - start, 1e-9)
+    for step in range(first + 1, steps + 1):
+        loss = float(next(iter(runner(entry, next(batches)).values())))
+        rate = (step - first) * dataset.batch / max(time.perf_counter() - start, 1e-9)
         # A terminal redraws one line; a log gets a line every tenth of the run.
         if bar.isatty():
             print(progress(step, steps, loss, rate), end="", file=bar, flush=True)
         elif step % max(1, steps // 10) == 0 or step == steps:
             print(progress(step, steps, loss, rate).lstrip("\r"), file=bar, flush=True)
+        if checkpoints and checkpoints.due(step, steps):
+            checkpoint.save(checkpoints.directory, step, checkpoint.master_values(runner.state(), module), loss)
         if eval_name and eval_every and step % eval_every == 0 and step != steps:
-            print(f"{chr(10) if bar.isatty() else ''}step {step}: {eval_name} {evaluate(run, eval_name, dataset):.4f}", file=bar)
+            print(f"{chr(10) if bar.isatty() else ''}step {step}: {eval_name} {evaluate(runner, eval_name, dataset):.4f}", file=bar)
     if bar.isatty():
         print(file=bar)
     metrics = {"step": steps, "loss": loss}
     if eval_name:
-        metrics["accuracy" if eval_name == "accuracy" else eval_name] = evaluate(run, eval_name, dataset)
+        metrics["accuracy" if eval_name == "accuracy" else eval_name] = evaluate(runner, eval_name, dataset)
     metrics["seconds"] = round(time.perf_counter() - start, 3)
     print(json.dumps(metrics), file=out)
     return metrics

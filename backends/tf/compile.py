@@ -3,12 +3,18 @@
     program = compile_program(module, "loss")      # local (post-spmd) or global
     outputs, variables = program.run(inputs)        # global numpy arrays by name
 
+    with program.open() as session:                 # one Session, kept between calls
+        session.load(variables)                     # optional: global values by name
+        outputs = session(inputs)                   # runs `update` too, when there is one
+        variables = session.variables()
+
 A local function (`attributes {spmd = @m}`) on a mesh of N > 1 devices becomes
 a graph placed on N devices of `device_kind` (emit.py); a global function, or a
-local one on a mesh of one device, becomes a plain, unplaced graph. `run`
-opens a Session with N CPU devices, runs `init` (feeding the initial value of
-any variable given), then the outputs, and returns the outputs and every
-variable the function uses, as global arrays.
+local one on a mesh of one device, becomes a plain, unplaced graph. A TFSession
+holds a Session with N CPU devices in which `init` ran once (feeding the initial
+value of any variable given), so variable writes persist from call to call, as
+training needs. `run` is one call in a fresh TFSession: it returns the outputs
+and every variable the function uses, as global arrays.
 """
 from __future__ import annotations
 
@@ -58,24 +64,22 @@ class TFProgram:
         """A v1 Session over this program's graph with the devices it is placed on."""
         return tf.compat.v1.Session(graph=self.graph, config=session_config(self.devices, self.device_kind))
 
+    def open(self, variables: Mapping[str, Any] | None = None) -> TFSession:
+        """A Session over this program, its variables initialised once, from their
+        initializers or from `variables` (global values by name)."""
+        return TFSession(self, variables)
+
     def run(self, inputs: Mapping[str, Any], variables: Mapping[str, Any] | None = None
             ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Global numpy arrays in and out. Variables start from their initializers, or
         from `variables` (global values by name); the second result holds every
         variable given or used, after the run (a given one the function does not
         use passes through), as the xla backend's `run`."""
-        feed = {port.tensor: value for port, value in zip(self.inputs, self._bind(inputs))}
         given = self._given_variables(variables or {})
-        init_feed = self._initial_feed(given)
-        try:
-            with self.session() as session:
-                session.run(INIT, init_feed)
-                outputs = session.run([p.tensor for p in self.outputs] + ([self.update] if self.update else []), feed)
-                slices = session.run([v.values for v in self.variables])
-        except tf.errors.OpError as exc:
-            raise RuntimeFailure(f"func @{self.function.name} failed in TensorFlow: {error_summary(exc)}") from None
-        state = {**given, **{v.name: self._unshard(v, s) for v, s in zip(self.variables, slices)}}
-        return {p.name: np.asarray(value) for p, value in zip(self.outputs, outputs)}, state
+        with self.open(given) as session:
+            outputs = session(inputs)
+            state = session.variables()
+        return outputs, {**given, **state}
 
     def _bind(self, given: Mapping[str, Any]) -> list[np.ndarray]:
         names = [p.name for p in self.inputs]
@@ -109,6 +113,59 @@ class TFProgram:
 
     def _unshard(self, slices: VariableSlices, values: list[np.ndarray]) -> np.ndarray:
         return unshard([np.asarray(v) for v in values], slices.layout, self.mesh)
+
+
+class TFSession:
+    """One open v1 Session over a TFProgram's graph. `init` runs once, at opening;
+    each call runs the outputs and the variable writes, so the variables carry
+    over from call to call. Close it (or use it as a context manager) to free
+    the Session."""
+
+    def __init__(self, program: TFProgram, variables: Mapping[str, Any] | None = None):
+        self.program = program
+        self._fetches = [p.tensor for p in program.outputs] + ([program.update] if program.update else [])
+        self._session = program.session()
+        try:
+            self._run(INIT, program._initial_feed(program._given_variables(variables or {})))
+        except BaseException:
+            self._session.close()
+            raise
+
+    def __enter__(self) -> TFSession:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._session.close()
+
+    def load(self, variables: Mapping[str, Any]) -> None:
+        """Replace the values of the given variables (global arrays by name); the
+        function's other variables keep theirs, and a variable it does not use is
+        ignored."""
+        given = self.program._given_variables(variables)
+        initializers = [v.initializer for slices in self.program.variables if slices.name in given for v in slices.variables]
+        if initializers:
+            self._run(initializers, self.program._initial_feed(given))
+
+    def __call__(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Global inputs by argument name -> global outputs by returned name."""
+        program = self.program
+        feed = {port.tensor: value for port, value in zip(program.inputs, program._bind(inputs))}
+        values = self._run(self._fetches, feed)
+        return {p.name: np.asarray(value) for p, value in zip(program.outputs, values)}
+
+    def variables(self) -> dict[str, np.ndarray]:
+        """The current global value of every variable the function uses."""
+        slices = self._run([v.values for v in self.program.variables])
+        return {v.name: self.program._unshard(v, s) for v, s in zip(self.program.variables, slices)}
+
+    def _run(self, fetches: Any, feed: Mapping[Any, Any] | None = None) -> Any:
+        try:
+            return self._session.run(fetches, feed)
+        except tf.errors.OpError as exc:
+            raise RuntimeFailure(f"func @{self.program.function.name} failed in TensorFlow: {error_summary(exc)}") from None
 
 
 def error_summary(exc: Any) -> str:
