@@ -15,6 +15,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from meshir.frontends.text import parse_module
+from meshir.interpreter import Interpreter
 from meshir.tools import checkpoint, run
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -243,3 +245,22 @@ def test_checkpoint_flag_errors(digits, tmp_path, capsys, flags, fragment):
     assert run.main([DIGITS, "--train", "--data", digits, *[f.format(**paths) for f in flags]]) == 2
     err = capsys.readouterr().err
     assert fragment in err and "Traceback" not in err
+
+
+def test_a_plain_run_starts_from_the_trained_variables(saved, tmp_path, capsys):
+    """meshir-run without --train reads the model's variables from the checkpoint
+    (the optimizer's slots beside them are not needed) on any backend."""
+    directory, _ = saved
+    values = checkpoint.load(str(directory)).values
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "in.npz", x=rng.random((64, 64), dtype=np.float32), y=rng.integers(0, 10, 64).astype(np.int32))
+    module = parse_module(Path(DIGITS).read_text(), DIGITS)
+    want = Interpreter(module, {k: values[k] for k in module.variables}).run("loss", dict(np.load(tmp_path / "in.npz")))
+    for backend in ("reference", "xla"):
+        out = tmp_path / f"{backend}.npz"
+        assert run.main([DIGITS, "--backend", backend, "--devices", "8", "--inputs", str(tmp_path / "in.npz"),
+                         "--checkpoint", str(directory), "--outputs", str(out)]) == 0
+        np.testing.assert_allclose(np.load(out)["loss"], want["loss"], rtol=1e-5)
+    capsys.readouterr()
+    assert run.main([DIGITS, "--checkpoint", str(tmp_path / "empty")]) == 2
+    assert "holds no checkpoint" in capsys.readouterr().err

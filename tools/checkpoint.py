@@ -24,7 +24,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import BinaryIO, Callable, Mapping
 
 import numpy as np
@@ -120,16 +120,19 @@ def load(directory: str) -> Checkpoint | None:
     return Checkpoint(path, metadata["step"], float(metadata["loss"]), values)
 
 
-def restore_values(checkpoint: Checkpoint, module: Module) -> dict[str, np.ndarray]:
+def restore_values(checkpoint: Checkpoint, module: Module, extra_allowed: bool = False) -> dict[str, np.ndarray]:
     """The checkpoint's values for `module`'s variables, in their master dtypes; a
-    FlagError when the checkpoint does not fit the module."""
+    FlagError when the checkpoint does not fit the module. With `extra_allowed`,
+    variables the module does not declare are left out instead."""
     declared = module.variables
     missing = sorted(set(declared) - set(checkpoint.values))
     if missing:
         raise FlagError(f"--checkpoint: {checkpoint.path} has no variable @{missing[0]}, which the module declares "
                         f"({len(missing)} missing; saved from another model or optimizer?)")
     extra = sorted(set(checkpoint.values) - set(declared))
-    if extra:
+    if extra and extra_allowed:
+        checkpoint = replace(checkpoint, values={k: v for k, v in checkpoint.values.items() if k in declared})
+    elif extra:
         raise FlagError(f"--checkpoint: {checkpoint.path} holds variable @{extra[0]}, which the module does not declare "
                         f"({len(extra)} such; saved from another model or optimizer?)")
     for name, value in checkpoint.values.items():

@@ -107,6 +107,17 @@ def train(args: argparse.Namespace) -> int:
     return EXIT_OK if np.isfinite(metrics["loss"]) else EXIT_RUNTIME
 
 
+def checkpointed_variables(directory: str, module) -> dict[str, np.ndarray]:
+    """The module's variables from the latest checkpoint in `directory`; the
+    optimizer's slots a train step saved beside them are not needed to run."""
+    from .checkpoint import load, restore_values
+
+    checkpoint = load(directory)
+    if checkpoint is None:
+        raise FlagError(f"--checkpoint: '{directory}' holds no checkpoint")
+    return restore_values(checkpoint, module, extra_allowed=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
@@ -121,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         function = module.function(args.entry)
         types = [v.type for v in function.returns]
         inputs = load_inputs(args.inputs) if args.inputs else random_inputs(function, args.seed)
-        reference = Interpreter(module) if args.backend == "reference" or args.check else None
+        variables = checkpointed_variables(args.checkpoint, module) if args.checkpoint else None
+        reference = Interpreter(module, variables) if args.backend == "reference" or args.check else None
         expected = reference.run(function.name, inputs) if reference is not None else None
         if args.backend == "reference":
             outputs = expected
@@ -131,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                 program = compile_tf(module, entry, args)
             else:
                 program = compile_xla(module, entry, args.emit_mode)
-            outputs, _ = program.run(inputs)
+            outputs, _ = program.run(inputs, variables)
         for (name, array), ttype in zip(outputs.items(), types):
             print(format_output(name, array, str(ttype)))
         if args.check:
