@@ -19,9 +19,11 @@ VARIABLE_ATTRS: dict[str, AttrSpec] = {
     "slice_dtype": AttrSpec(DTYPE, None),  # how devices store it (default: the declared, master dtype)
     "activation_dtype": AttrSpec(DTYPE, None),  # what `read` yields (default: the master dtype)
 }
+# `loss_scale` (set by mixed-precision) scales the loss before autodiff's
+# backward pass: a number, or an f32[] variable the optimizer adjusts.
 # `gradients` (set by autodiff) names, for each result after the loss, the
 # variable it is the gradient of.
-FUNCTION_ATTRS = ("mesh", "layout", "spmd", "gradients")
+FUNCTION_ATTRS = ("mesh", "layout", "spmd", "gradients", "loss_scale")
 
 
 def verify_module(module: Module) -> None:
@@ -76,6 +78,12 @@ def function_mesh_and_layout(module: Module, function: Function) -> tuple[Mesh |
         if len(gradients) != len(function.result_types) - 1:
             raise _at(function.loc, f"func @{function.name}: 'gradients' names {len(gradients)} variables but the function returns "
                                     f"{len(function.result_types) - 1} results after the loss")
+    scale = function.attributes.get("loss_scale")
+    if scale is not None:
+        static = isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0
+        dynamic = isinstance(scale, SymbolRef) and scale.name in module.variables and str(module.variables[scale.name].type) == "f32[]"
+        if not (static or dynamic):
+            raise _at(function.loc, f"func @{function.name}: 'loss_scale' must be a positive number or an f32[] variable, got {scale}")
     if "mesh" in function.attributes and "spmd" in function.attributes:
         raise _at(function.loc, f"func @{function.name}: a function is global (mesh = ...) or local (spmd = ...), not both")
     mesh = module.mesh_of(function)

@@ -12,7 +12,9 @@ variable the loss does not depend on gets zeros. The backward ops are ordinary
 global ops appended after the forward ones, built by each op's gradient rule
 (meshir/ops/grad_helpers.py), so `layout,spmd` partitions them like the rest.
 Forward ops the loss no longer needs are left for `dce`; backward ops no
-gradient needs are not emitted.
+gradient needs are not emitted. A function with a `loss_scale` (see
+mixed_precision.py) seeds the backward pass with the scale instead of 1 and
+divides each gradient by it, in the variable's master dtype.
 """
 from __future__ import annotations
 
@@ -41,16 +43,18 @@ def _rule_error(op: Operation, message: str) -> RuntimeError:
     return RuntimeError(f"internal error: the gradient rule of {op.name} {message}; this is a bug in meshir")
 
 
-def differentiate(module: Module, function: Function, loss: Value, sources: Sequence[Value]) -> list[Value | None]:
+def differentiate(module: Module, function: Function, loss: Value, sources: Sequence[Value],
+                  seed: Value | None = None) -> list[Value | None]:
     """Append to `function` the ops computing d loss / d source for each of `sources`
     (arguments or op results); None for a source the loss does not depend on. In a
     local function the loss is each device's, and the gradients are those of the
-    sum of every device's loss."""
+    sum of every device's loss. `seed` (default 1) is the loss's cotangent: the
+    gradients come out multiplied by it (loss scaling)."""
     forward = len(function.ops)
     forward_ops = set(function.ops)
     active = _active(function, sources)
     e = Emitter(module, function)
-    cotangents: dict[Value, Value] = {loss: e.emit("ones", shape=(), dtype=loss.type.dtype)}
+    cotangents: dict[Value, Value] = {loss: seed if seed is not None else e.emit("ones", shape=(), dtype=loss.type.dtype)}
     for op in reversed(function.ops[:forward]):
         outputs = [cotangents.get(r) for r in op.results]
         if all(g is None for g in outputs) or not any(v in active for v in op.operands):
@@ -144,7 +148,8 @@ def differentiate_function(module: Module, function: Function, wrt: tuple[str, .
                           f"result, but it {returned}", function.return_loc or function.loc)
     variables = _wrt_variables(module, function, wrt)
     reads = [[op.result for op in function.ops if op.name == "read" and op.attr("var").name == v.name] for v in variables]
-    found = differentiate(module, function, loss, [r for rs in reads for r in rs])
+    scale = _loss_scale(module, function, loss)
+    found = differentiate(module, function, loss, [r for rs in reads for r in rs], seed=scale)
     e = Emitter(module, function, function.return_loc)
     grads, position = [], 0
     for variable, rs in zip(variables, reads):
@@ -154,10 +159,26 @@ def differentiate_function(module: Module, function: Function, wrt: tuple[str, .
         grad = e.zeros(variable.type) if not parts else parts[0]
         for part in parts[1:]:
             grad = e.emit("add", grad, part)
+        if scale is not None and parts:
+            same = scale.type.dtype == variable.type.dtype
+            grad = e.emit("div", grad, scale if same else e.emit("cast", scale, dtype=variable.type.dtype))
         grads.append(_named(function, grad, f"grad_{variable.name}"))
     function.returns = [loss, *grads]
     function.result_types = [v.type for v in function.returns]
     function.attributes["gradients"] = tuple(SymbolRef(v.name) for v in variables)
+
+
+def _loss_scale(module: Module, function: Function, loss: Value) -> Value | None:
+    """The loss's scale from the function's `loss_scale` (mixed-precision sets it),
+    emitted as the backward pass's seed; None without one."""
+    scale = function.attributes.get("loss_scale")
+    if scale is None:
+        return None
+    e = Emitter(module, function, function.return_loc)
+    if isinstance(scale, SymbolRef):
+        value = e.emit("read", f"@{scale.name}", name="loss_scale")
+        return value if loss.type.dtype == value.type.dtype else e.emit("cast", value, dtype=loss.type.dtype)
+    return e.emit("constant", value=float(scale), dtype=loss.type.dtype, name="loss_scale")
 
 
 @register_pass

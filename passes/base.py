@@ -18,7 +18,9 @@ class Pass:
 
     name: ClassVar[str]
 
-    def run(self, module: Module) -> None:
+    def run(self, module: Module) -> dict[str, int] | None:
+        """Rewrite `module` in place; a pass may return named counters of what it
+        did, which `--pass-statistics` prints."""
         raise NotImplementedError(f"pass {self.name} does not implement run")
 
 

@@ -14,13 +14,19 @@ proportional to 1/sqrt(step)). `clip-norm` scales all gradients together when
 their global norm exceeds it; `weight-decay` is decoupled (AdamW style). Slot
 variables (`@w.m`, `@w.v`, `@w.momentum`, `@w.row`, `@w.col`) are ordinary
 variables: laid out, partitioned and checkpointed like their weights.
+
+A function whose `loss_scale` is a variable (dynamic loss scaling, set by
+`mixed-precision`) gets a skipped step when any gradient is inf or NaN: every
+variable keeps its value, `@step` does not advance, and the scale halves; after
+`growth-interval` finite steps in a row it doubles.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Callable, ClassVar, Literal
 
+from meshir.attributes import SymbolRef
 from meshir.diagnostics import MeshirError
 from meshir.dtypes import f32, i32
 from meshir.emitter import Emitter
@@ -37,6 +43,37 @@ def _slot(module: Module, owner: Variable, suffix: str, ttype: TensorType | None
     if name not in module.variables:
         module.variables[name] = Variable(name, ttype or owner.type, "zeros", attributes={"trainable": False})
     return name
+
+
+def read_master(e: Emitter, module: Module, name: str) -> Value:
+    """The variable in its master dtype: the optimizer's math runs in it, whatever `read` yields elsewhere."""
+    master = module.variables[name].type.dtype
+    if module.variables[name].activation_type.dtype == master:
+        return e.emit("read", f"@{name}")
+    return e.emit("read", f"@{name}", dtype=master)
+
+
+Store = Callable[[str, Value], None]
+
+
+def all_finite(e: Emitter, grads: list[Value]) -> Value:
+    """A bool scalar: no gradient holds an inf or a NaN (x * 0 is NaN exactly for those)."""
+    total = None
+    for grad in grads:
+        zeros = e.emit("reduce_sum", e.emit("mul", grad, e.emit("zeros", shape=(), dtype=grad.type.dtype)), dims=list(grad.type.names))
+        zeros = zeros if zeros.type.dtype == f32 else e.emit("cast", zeros, dtype=f32)
+        total = zeros if total is None else e.emit("add", total, zeros)
+    return e.emit("eq", total, e.emit("zeros", shape=(), dtype=f32), name="finite")
+
+
+def _store(e: Emitter, module: Module, finite: Value | None) -> Store:
+    """Assign a variable's new value; with `finite`, keep the old one when it is false (a skipped step)."""
+    def store(name: str, value: Value) -> None:
+        if finite is not None:
+            value = e.emit("select", finite, value, read_master(e, module, name))
+        e.emit("assign", f"@{name}", value)
+
+    return store
 
 
 def step_variable(module: Module) -> str:
@@ -64,6 +101,7 @@ class Optimizer(Pass):
     decay_steps: int = 1000
     clip_norm: float = 0.0
     weight_decay: float = 0.0
+    growth_interval: int = 2000  # dynamic loss scaling (mixed_precision.py): finite steps before the scale doubles
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
@@ -72,6 +110,8 @@ class Optimizer(Pass):
             raise ValueError("warmup-steps must be >= 0 and decay-steps >= 1")
         if self.clip_norm < 0 or self.weight_decay < 0:
             raise ValueError("clip-norm and weight-decay must be >= 0")
+        if self.growth_interval < 1:
+            raise ValueError("growth-interval must be >= 1")
 
     def run(self, module: Module) -> None:
         for function in module.functions.values():
@@ -87,11 +127,30 @@ class Optimizer(Pass):
         lr = self.learning_rate(e, t)
         if self.clip_norm:
             grads = self.clipped(e, grads)
+        scale = function.attributes.pop("loss_scale", None)
+        finite = all_finite(e, grads) if isinstance(scale, SymbolRef) else None
+        store = _store(e, module, finite)
         for variable, grad in zip(variables, grads):
-            self.update(e, module, variable, grad, lr, t)
-        e.emit("assign_add", f"@{STEP}", e.emit("ones", shape=(), dtype=i32))
+            self.update(e, module, variable, grad, lr, t, store)
+        one = e.emit("ones", shape=(), dtype=i32)
+        e.emit("assign_add", f"@{STEP}", one if finite is None else e.emit("cast", finite, dtype=i32))
+        if finite is not None:
+            self.adjust_loss_scale(e, scale.name, finite)
         function.returns = [loss]
         function.result_types = [loss.type]
+
+    def adjust_loss_scale(self, e: Emitter, scale_name: str, finite: Value) -> None:
+        """Dynamic loss scaling: halve the scale after an overflow (not below 1),
+        double it after `growth-interval` finite steps in a row."""
+        counter = f"{scale_name}.good_steps"
+        scale = e.emit("read", f"@{scale_name}")
+        good = e.emit("add", e.emit("read", f"@{counter}"), e.emit("ones", shape=(), dtype=i32))
+        good = e.emit("select", finite, good, e.emit("zeros", shape=(), dtype=i32))
+        grow = e.emit("ge", good, e.emit("constant", value=self.growth_interval, dtype=i32))
+        grown = e.emit("select", grow, e.emit("mul", scale, self.constant(e, 2.0)), scale)
+        lowered = e.emit("maximum", e.emit("mul", scale, self.constant(e, 0.5)), self.constant(e, 1.0))
+        e.emit("assign", f"@{scale_name}", e.emit("select", finite, grown, lowered))
+        e.emit("assign", f"@{counter}", e.emit("select", grow, e.emit("zeros", shape=(), dtype=i32), good))
 
     def constant(self, e: Emitter, value: float) -> Value:
         return e.emit("constant", value=value, dtype=f32)
@@ -123,7 +182,7 @@ class Optimizer(Pass):
                        e.emit("div", self.constant(e, self.clip_norm), e.emit("maximum", norm, self.constant(e, 1e-12))))
         return [e.emit("mul", g, scale if g.type.dtype == f32 else e.emit("cast", scale, dtype=g.type.dtype)) for g in grads]
 
-    def update(self, e: Emitter, module: Module, variable: Variable, grad: Value, lr: Value, t: Value) -> None:
+    def update(self, e: Emitter, module: Module, variable: Variable, grad: Value, lr: Value, t: Value, store: Store) -> None:
         dtype = variable.type.dtype
 
         def scalar(value: float | Value) -> Value:
@@ -131,11 +190,7 @@ class Optimizer(Pass):
             return v if dtype == f32 else e.emit("cast", v, dtype=dtype)
 
         def read(name: str) -> Value:
-            # The update's math runs in the master dtype, whatever `read` yields elsewhere.
-            master = module.variables[name].type.dtype
-            if module.variables[name].activation_type.dtype == master:
-                return e.emit("read", f"@{name}")
-            return e.emit("read", f"@{name}", dtype=master)
+            return read_master(e, module, name)
 
         weight = read(variable.name)
         step_size = scalar(lr)
@@ -144,24 +199,24 @@ class Optimizer(Pass):
         elif self.kind == "momentum":
             slot = _slot(module, variable, "momentum")
             velocity = e.emit("add", e.emit("mul", scalar(self.momentum), read(slot)), grad)
-            e.emit("assign", f"@{slot}", velocity)
+            store(slot, velocity)
             direction = e.emit("add", grad, e.emit("mul", scalar(self.momentum), velocity)) if self.nesterov else velocity
         elif self.kind == "adam":
-            direction = self.adam(e, module, variable, grad, t, scalar, read)
+            direction = self.adam(e, module, variable, grad, t, scalar, read, store)
         else:
-            direction = self.adafactor(e, module, variable, grad, scalar, read)
+            direction = self.adafactor(e, module, variable, grad, scalar, read, store)
         new = e.emit("sub", weight, e.emit("mul", step_size, direction))
         if self.weight_decay:
             new = e.emit("sub", new, e.emit("mul", e.emit("mul", step_size, scalar(self.weight_decay)), weight))
-        e.emit("assign", f"@{variable.name}", new)
+        store(variable.name, new)
 
-    def adam(self, e, module, variable, grad, t, scalar, read) -> Value:
+    def adam(self, e, module, variable, grad, t, scalar, read, store) -> Value:
         m_slot, v_slot = _slot(module, variable, "m"), _slot(module, variable, "v")
         b1, b2 = self.beta1, self.beta2
         m = e.emit("add", e.emit("mul", scalar(b1), read(m_slot)), e.emit("mul", scalar(1 - b1), grad))
         v = e.emit("add", e.emit("mul", scalar(b2), read(v_slot)), e.emit("mul", scalar(1 - b2), e.emit("square", grad)))
-        e.emit("assign", f"@{m_slot}", m)
-        e.emit("assign", f"@{v_slot}", v)
+        store(m_slot, m)
+        store(v_slot, v)
         count = e.emit("add", t, self.constant(e, 1.0))
         one = self.constant(e, 1.0)
         m_correction = e.emit("sub", one, e.emit("pow", self.constant(e, b1), count))
@@ -170,22 +225,22 @@ class Optimizer(Pass):
         v_hat = e.emit("div", v, scalar(v_correction))
         return e.emit("div", m_hat, e.emit("add", e.emit("sqrt", v_hat), scalar(self.epsilon)))
 
-    def adafactor(self, e, module, variable, grad, scalar, read) -> Value:
+    def adafactor(self, e, module, variable, grad, scalar, read, store) -> Value:
         names = variable.type.names
         b2 = self.beta2
         squared = e.emit("add", e.emit("square", grad), scalar(1e-30))
         if len(names) < 2:
             slot = _slot(module, variable, "v")
             v = e.emit("add", e.emit("mul", scalar(b2), read(slot)), e.emit("mul", scalar(1 - b2), squared))
-            e.emit("assign", f"@{slot}", v)
+            store(slot, v)
             return e.emit("mul", grad, e.emit("rsqrt", v))
         row_dims, col_dim = names[:-1], names[-1]
         row_slot = _slot(module, variable, "row", variable.type.without([col_dim]))
         col_slot = _slot(module, variable, "col", variable.type.without([names[-2]]))
         row = e.emit("add", e.emit("mul", scalar(b2), read(row_slot)), e.emit("mul", scalar(1 - b2), e.emit("reduce_mean", squared, dims=[col_dim])))
         col = e.emit("add", e.emit("mul", scalar(b2), read(col_slot)), e.emit("mul", scalar(1 - b2), e.emit("reduce_mean", squared, dims=[names[-2]])))
-        e.emit("assign", f"@{row_slot}", row)
-        e.emit("assign", f"@{col_slot}", col)
+        store(row_slot, row)
+        store(col_slot, col)
         # v[i, j] ~ row[i] * col[j] / mean(row): the rank-1 factorisation of the second moments.
         estimate = e.emit("div", e.emit("mul", row, col), e.emit("reduce_mean", row, dims=list(row_dims[-1:])))
         return e.emit("mul", grad, e.emit("rsqrt", e.emit("transpose", estimate, order=list(names))))

@@ -12,7 +12,7 @@ import sys
 import time
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Literal, TextIO
 
 from meshir.diagnostics import FlagError, MeshirError
@@ -280,6 +280,7 @@ class PassRecord:
     verify_seconds: float
     before: Statistics | None = None
     after: Statistics | None = None
+    counters: dict[str, int] = field(default_factory=dict)
 
 
 class PassManager:
@@ -315,14 +316,14 @@ class PassManager:
         stats = module_statistics(module) if self.statistics else None
         for p in self.passes:
             start = time.perf_counter()
-            p.run(module)
+            counters = p.run(module)
             ran = time.perf_counter()
             try:
                 verify_module(module)
             except MeshirError as exc:
                 raise PassFailure(p.name, exc) from exc
             verified = time.perf_counter()
-            record = PassRecord(p.name, ran - start, verified - ran)
+            record = PassRecord(p.name, ran - start, verified - ran, counters=dict(counters or {}))
             if self.statistics:
                 record.before, stats = stats, module_statistics(module)
                 record.after = stats
@@ -376,5 +377,6 @@ def statistics_report(records: list[PassRecord]) -> str:
             parts.append(f"{kind} {before.collectives[kind]} -> {after.collectives[kind]}")
         for axis in sorted(set(before.bytes_per_axis) | set(after.bytes_per_axis)):
             parts.append(f"bytes[{axis}] {before.bytes_per_axis[axis]} -> {after.bytes_per_axis[axis]}")
+        parts.extend(f"{name} {count}" for name, count in sorted(r.counters.items()))
         lines.append(f"{r.name}: " + ", ".join(parts))
     return "\n".join(lines) + "\n"

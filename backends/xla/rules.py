@@ -21,7 +21,7 @@ import numpy as np
 from meshir.registry import OpView, all_ops
 from meshir.types import TensorType
 
-from .rules_common import Rule, align, as_type, axis_of, highest, lowest, scalar, widen
+from .rules_common import Rule, align, as_type, axis_of, compute_dtype, highest, lowest, scalar, widen
 
 TARGET = "xla"
 
@@ -153,8 +153,14 @@ def einsum_spec(types: list[TensorType], result: TensorType) -> str:
 
 def _einsum(op: OpView, *xs: jax.Array) -> jax.Array:
     result = op.result_types[0]
-    wide = [widen(x, result) for x in xs]
-    out = jnp.einsum(einsum_spec(op.operand_types, result), *wide, precision=jax.lax.Precision.HIGHEST)
+    spec = einsum_spec(op.operand_types, result)
+    if result.dtype.is_float and result.dtype.itemsize < 4:
+        # 16-bit operands go to the dot as they are, accumulating in f32 as the
+        # reference does (their products are exact in f32): a bf16 dot is what
+        # makes mixed precision pay on GPUs and TPUs.
+        out = jnp.einsum(spec, *xs, precision=jax.lax.Precision.HIGHEST, preferred_element_type=compute_dtype(result))
+    else:
+        out = jnp.einsum(spec, *[widen(x, result) for x in xs], precision=jax.lax.Precision.HIGHEST)
     return as_type(out, result)
 
 

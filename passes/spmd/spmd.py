@@ -15,6 +15,7 @@ from ..base import Pass, register_pass
 from ..layout import value_layouts, without_trivial_axes
 from .halo_rules import HALO_RULES
 from .indexing_rules import INDEXING_RULES
+from .pool_rules import POOL_RULES
 from .rules import SPECIAL_RULES, LowerContext, generic_rule
 from .softmax_rules import SOFTMAX_RULES
 from .sharded import LocalBuilder, Sharded, relayout
@@ -70,7 +71,7 @@ def _name_returns_like_the_global_function(local: Function, function: Function) 
 
 def register_rules() -> None:
     """Every global op gets its lowering: a special rule, or the generic one."""
-    special = {**SPECIAL_RULES, **INDEXING_RULES, **SOFTMAX_RULES, **HALO_RULES}
+    special = {**SPECIAL_RULES, **INDEXING_RULES, **SOFTMAX_RULES, **HALO_RULES, **POOL_RULES}
     for opdef in all_ops():
         if not opdef.local_only:
             opdef.lower("spmd", special.get(opdef.name, generic_rule))
