@@ -9,12 +9,10 @@ dimensions over cols).
 
 meshir: the train step `meshir-run --train` builds (`autodiff`, `optimizer`
 adam, `layout`, `spmd`), compiled by the xla backend and called as its runner
-calls it. meshir+donate: the same traced step jitted again with its variables
-donated, which meshir's backend does not do yet: the gap between the two is what
-donation would buy. Plain JAX: the same model in jax.numpy, `jax.value_and_grad`
+calls it (`CompiledProgram.step`: the written variables' buffers donated). Plain JAX: the same model in jax.numpy, `jax.value_and_grad`
 and `optax.adam`, jitted with NamedShardings for the same layout (taken from
 meshir's ports, so both place every array alike), parameters and optimizer
-state donated. All three start from meshir's initial variables and train on the
+state donated. Both start from meshir's initial variables and train on the
 same batch; the losses of their first two steps are compared before timing.
 
 Step time: the median of interleaved warm steps, each blocked until ready.
@@ -126,22 +124,13 @@ class MeshirStep:
         return float(outputs["loss"])
 
 
-def donating(program: CompiledProgram) -> tuple[Callable[..., Any], Callable[[], jax.stages.Compiled]]:
-    """The program's traced function jitted again with its variables donated; valid
-    because a train step writes every variable it reads."""
-    assert {p.name for p in program.written} == {p.name for p in program.variables}
-    shardings = lambda ports: {p.name: NamedSharding(program.device_mesh, p.spec) for p in ports}  # noqa: E731
-    jitted = jax.jit(program.jitted.__wrapped__, in_shardings=(shardings(program.inputs), shardings(program.variables)),
-                     out_shardings=(shardings(program.outputs), shardings(program.written)), donate_argnums=(1,))
-
-    def call(inputs: dict[str, jax.Array], variables: dict[str, Any]) -> Any:
-        with x64():  # as CompiledProgram.__call__
-            return jitted(inputs, variables)
-
-    def compiled() -> jax.stages.Compiled:
-        with x64():
-            return jitted.lower(*program.specs()).compile()
-    return call, compiled
+def compiled_step(program: CompiledProgram) -> jax.stages.Compiled:
+    """The donating program `CompiledProgram.step` runs, compiled for the memory figures."""
+    inputs, variables = program.specs()
+    written = {p.name for p in program.written}
+    with x64():
+        return program.donating.lower(inputs, {k: v for k, v in variables.items() if k in written},
+                                      {k: v for k, v in variables.items() if k not in written}).compile()
 
 
 @dataclass
@@ -162,8 +151,8 @@ class JaxStep:
         return self.jitted.lower(self.params, self.opt_state, *self.batch).compile()
 
 
-def build_steps(case: Case) -> tuple[MeshirStep, MeshirStep, JaxStep]:
-    """meshir's step as its runner calls it, the same step with donation, and plain JAX's."""
+def build_steps(case: Case) -> tuple[MeshirStep, JaxStep]:
+    """meshir's step as its runner calls it, and plain JAX's."""
     module = load_module(str(EXAMPLES / f"{case.model}.mir"), case.mesh, case.layout)
     trainable = [v.name for v in module.variables.values() if v.trainable]
     batch = random_inputs(module.function("loss"), seed=0)
@@ -176,8 +165,7 @@ def build_steps(case: Case) -> tuple[MeshirStep, MeshirStep, JaxStep]:
     variable_specs = {p.name: p.spec for p in program.variables}
     feed = {p.name: placed(batch[p.name], p.spec) for p in program.inputs}
     fresh_state = lambda: {name: placed(initial[name], spec) for name, spec in variable_specs.items()}  # noqa: E731
-    meshir = MeshirStep(program, lambda: program.lower().compile(), feed, fresh_state())
-    meshir_donated = MeshirStep(*donating(program), feed, fresh_state())
+    meshir = MeshirStep(program.step, lambda: compiled_step(program), feed, fresh_state())
 
     optimizer = optax.adam(LR)
     param_shardings = {name: NamedSharding(mesh, variable_specs[name]) for name in trainable}
@@ -195,7 +183,7 @@ def build_steps(case: Case) -> tuple[MeshirStep, MeshirStep, JaxStep]:
     jitted = jax.jit(step, in_shardings=(param_shardings, opt_shardings, *batch_shardings),
                      out_shardings=(param_shardings, opt_shardings, NamedSharding(mesh, P())), donate_argnums=(0, 1))
     plain = JaxStep(jitted, params, opt_state, tuple(jax.device_put(batch[p.name], s) for p, s in zip(program.inputs, batch_shardings)))
-    return meshir, meshir_donated, plain
+    return meshir, plain
 
 
 # ---------------------------------------------------------------------------- measuring
@@ -215,7 +203,7 @@ def timed(step: Callable[[], float]) -> float:
     return time.perf_counter() - start
 
 
-PROGRAMS = ("meshir", "meshir+donate", "jax")
+PROGRAMS = ("meshir", "jax")
 
 
 @dataclass
@@ -246,18 +234,16 @@ def peak(memory: Memory) -> int:
 
 
 def report(results: list[Result]) -> None:
-    print("step time: median of interleaved warm steps, ms; ratios: meshir / jax and meshir+donate / jax")
-    print(f"{'model':<15} {'layout':<14} {'meshir':>8} {'+donate':>8} {'jax':>8} {'ratio':>6} {'+donate':>8}")
+    print("step time: median of interleaved warm steps, ms; ratio meshir / jax")
+    print(f"{'model':<15} {'layout':<14} {'meshir':>8} {'jax':>8} {'ratio':>6}")
     for r in results:
-        meshir, donated, plain = r.step_seconds
-        print(f"{r.case.model:<15} {r.case.layout_name:<14} {meshir * 1e3:>8.3f} {donated * 1e3:>8.3f} {plain * 1e3:>8.3f}"
-              f" {meshir / plain:>6.2f} {donated / plain:>8.2f}")
-    print("\npeak memory per device, KiB: argument + output + temp - aliased; ratios as above")
-    print(f"{'model':<15} {'layout':<14} {'meshir':>8} {'+donate':>8} {'jax':>8} {'ratio':>6} {'+donate':>8}")
+        meshir, plain = r.step_seconds
+        print(f"{r.case.model:<15} {r.case.layout_name:<14} {meshir * 1e3:>8.3f} {plain * 1e3:>8.3f} {meshir / plain:>6.2f}")
+    print("\npeak memory per device, KiB: argument + output + temp - aliased; ratio meshir / jax")
+    print(f"{'model':<15} {'layout':<14} {'meshir':>8} {'jax':>8} {'ratio':>6}")
     for r in results:
-        meshir, donated, plain = (peak(m) for m in r.memory)
-        print(f"{r.case.model:<15} {r.case.layout_name:<14} {meshir / 1024:>8.0f} {donated / 1024:>8.0f} {plain / 1024:>8.0f}"
-              f" {meshir / plain:>6.2f} {donated / plain:>8.2f}")
+        meshir, plain = (peak(m) for m in r.memory)
+        print(f"{r.case.model:<15} {r.case.layout_name:<14} {meshir / 1024:>8.0f} {plain / 1024:>8.0f} {meshir / plain:>6.2f}")
     print("\nmemory breakdown, KiB per device: argument / output / temp / aliased")
     for r in results:
         parts = ("/".join(f"{b / 1024:.0f}" for b in memory) for memory in r.memory)

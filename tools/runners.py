@@ -60,7 +60,8 @@ class ReferenceRunner:
 
 
 class XlaRunner:
-    """Functions compiled through XLA; variables kept as global arrays between calls."""
+    """Functions compiled through XLA; variables kept as global arrays between calls,
+    each step updating the written ones in place (donated buffers)."""
 
     def __init__(self, module: Module, emit_mode: str):
         self.module = module
@@ -72,12 +73,14 @@ class XlaRunner:
         if name not in self._programs:
             self._programs[name] = compile_xla(self.module, name, self.emit_mode)
         program = self._programs[name]
-        outputs, written = program(inputs, {p.name: self._state[p.name] for p in program.variables})
+        # The runner alone holds the variables, so their buffers are donated to the new values.
+        outputs, written = program.step(inputs, {p.name: self._state[p.name] for p in program.variables})
         self._state.update(written)
         return {k: np.asarray(v) for k, v in outputs.items()}
 
     def state(self) -> dict[str, np.ndarray]:
-        return {name: np.asarray(value) for name, value in self._state.items()}
+        # Copies: a view of a device buffer would change under the next, donating step.
+        return {name: np.array(value) for name, value in self._state.items()}
 
     def load_state(self, values: Mapping[str, np.ndarray]) -> None:
         self._state.update(_checked_state(self.module, values))

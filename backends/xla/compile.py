@@ -94,6 +94,18 @@ class CompiledProgram:
     outputs: list[Port]
     written: list[Port]
     per_device: bool = False
+    donating: Any = None  # the same program with the written variables a separate, donated argument
+
+    def step(self, inputs: Mapping[str, Any], variables: Mapping[str, Any]) -> tuple[Arrays, Arrays]:
+        """As calling the program, but the buffers of the variables it writes are
+        donated to their new values (a train step updates in place, as `jax.jit`
+        with `donate_argnums` does): the caller must not use the given arrays of
+        written variables afterwards."""
+        names = {p.name for p in self.written}
+        written = {k: v for k, v in variables.items() if k in names}
+        others = {k: v for k, v in variables.items() if k not in names}
+        with x64():
+            return self.donating(dict(inputs), written, others)
 
     def specs(self) -> tuple[dict[str, jax.ShapeDtypeStruct], dict[str, jax.ShapeDtypeStruct]]:
         """Abstract arguments (shape, dtype, sharding) for lowering and export."""
@@ -249,6 +261,25 @@ def _shardings(device_mesh: jax.sharding.Mesh, ports: list[Port]) -> dict[str, N
     return {p.name: NamedSharding(device_mesh, p.spec) for p in ports}
 
 
+def _jit_both(fn: Callable[[Arrays, Arrays], tuple[Arrays, Arrays]], device_mesh: jax.sharding.Mesh | None,
+              inputs: list[Port], variables: list[Port], outputs: list[Port], written: list[Port]) -> tuple[Any, Any]:
+    """`fn` jitted as called, and a variant taking the written variables as their
+    own argument, donated. jax.jit compiles lazily: an unused variant costs nothing."""
+    names = {p.name for p in written}
+
+    def split(inputs_: Arrays, written_: Arrays, others: Arrays) -> tuple[Arrays, Arrays]:
+        return fn(inputs_, {**written_, **others})
+
+    if device_mesh is None:
+        return jax.jit(fn), jax.jit(split, donate_argnums=(1,))
+    in_shardings, var_shardings = _shardings(device_mesh, inputs), _shardings(device_mesh, variables)
+    out_shardings = (_shardings(device_mesh, outputs), _shardings(device_mesh, written))
+    jitted = jax.jit(fn, in_shardings=(in_shardings, var_shardings), out_shardings=out_shardings)
+    donating = jax.jit(split, donate_argnums=(1,), out_shardings=out_shardings, in_shardings=(
+        in_shardings, {k: v for k, v in var_shardings.items() if k in names}, {k: v for k, v in var_shardings.items() if k not in names}))
+    return jitted, donating
+
+
 def compile_local(module: Module, function_name: str | None = None, mesh: Mesh | None = None, *, per_device: bool = False) -> CompiledProgram:
     """A local function as a jitted `shard_map` over the JAX mesh of `mesh` (default:
     the function's own). See the module doc for `per_device`."""
@@ -265,12 +296,8 @@ def compile_local(module: Module, function_name: str | None = None, mesh: Mesh |
         out_specs=({p.name: p.spec for p in outputs}, {p.name: p.spec for p in written}),
         check_vma=False,  # meshir inserts its own collectives (DESIGN section 9)
     )
-    jitted = jax.jit(
-        mapped,
-        in_shardings=(_shardings(device_mesh, inputs), _shardings(device_mesh, variables)),
-        out_shardings=(_shardings(device_mesh, outputs), _shardings(device_mesh, written)),
-    )
-    return CompiledProgram(module, function, mesh, device_mesh, jitted, inputs, variables, outputs, written, per_device)
+    jitted, donating = _jit_both(mapped, device_mesh, inputs, variables, outputs, written)
+    return CompiledProgram(module, function, mesh, device_mesh, jitted, inputs, variables, outputs, written, per_device, donating)
 
 
 def _global_function(module: Module, function_name: str | None) -> Function:
@@ -294,17 +321,14 @@ def compile_global_gspmd(module: Module, function_name: str | None = None, mesh:
         spec = partition_spec(layout.layout_of(op.operand_types[0]), mesh)
         return jax.lax.with_sharding_constraint(x, NamedSharding(device_mesh, spec))
 
-    jitted = jax.jit(
-        _body(module, function, written, {"reshard": constrain}, False),
-        in_shardings=(_shardings(device_mesh, inputs), _shardings(device_mesh, variables)),
-        out_shardings=(_shardings(device_mesh, outputs), _shardings(device_mesh, written)),
-    )
-    return CompiledProgram(module, function, mesh, device_mesh, jitted, inputs, variables, outputs, written)
+    jitted, donating = _jit_both(_body(module, function, written, {"reshard": constrain}, False), device_mesh,
+                                 inputs, variables, outputs, written)
+    return CompiledProgram(module, function, mesh, device_mesh, jitted, inputs, variables, outputs, written, donating=donating)
 
 
 def compile_global(module: Module, function_name: str | None = None) -> CompiledProgram:
     """A global function on one device, with no partitioning at all."""
     function = _global_function(module, function_name)
     inputs, variables, outputs, written = _ports(function, module, None, False, False)
-    jitted = jax.jit(_body(module, function, written, None, False))
-    return CompiledProgram(module, function, None, None, jitted, inputs, variables, outputs, written)
+    jitted, donating = _jit_both(_body(module, function, written, None, False), None, inputs, variables, outputs, written)
+    return CompiledProgram(module, function, None, None, jitted, inputs, variables, outputs, written, donating=donating)
