@@ -42,7 +42,7 @@ from meshir.backends.xla import CompiledProgram, compile_local, x64  # noqa: E40
 from meshir.interpreter import Interpreter, random_inputs  # noqa: E402
 from meshir.passes.pipeline import PassManager, parse_pipeline  # noqa: E402
 from meshir.tools.common import load_module  # noqa: E402
-from meshir.tools.train import train_pipeline  # noqa: E402
+from meshir.tools.compile import standard_pipeline  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 LR = 1e-3
@@ -156,7 +156,7 @@ def build_steps(case: Case) -> tuple[MeshirStep, JaxStep]:
     module = load_module(str(EXAMPLES / f"{case.model}.mir"), case.mesh, case.layout)
     trainable = [v.name for v in module.variables.values() if v.trainable]
     batch = random_inputs(module.function("loss"), seed=0)
-    PassManager(parse_pipeline(train_pipeline("loss", "adam", LR, partition=True))).run(module)
+    PassManager(parse_pipeline(standard_pipeline("loss", train=True, optimizer="adam", lr=LR))).run(module)
     initial = dict(Interpreter(module).state)
     program = compile_local(module, "loss")
     mesh = program.device_mesh

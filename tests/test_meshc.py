@@ -77,3 +77,21 @@ def test_flag_errors_exit_2_without_output(tmp_path, capsys, flags, fragment):
     err = capsys.readouterr().err
     assert fragment in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("flags,pipeline", [
+    ([], "layout,spmd,fuse-collectives,cse,dce"),
+    (["--train", "--optimizer", "sgd", "--lr", "0.1"], "autodiff{func=loss},optimizer{kind=sgd,lr=0.1},layout,spmd,fuse-collectives,cse,dce"),
+    (["--mixed-precision", "bf16", "-o", "model.pb"], "mixed-precision{activation=bf16,backend=tf},layout,spmd,fuse-collectives,cse,dce"),
+    (["--train", "--mixed-precision", "f16"], "mixed-precision{activation=f16,backend=xla,loss-scale=dynamic,func=loss},"
+                                               "autodiff{func=loss},optimizer{kind=adam,lr=0.001},layout,spmd,fuse-collectives,cse,dce"),
+    (["--passes", "layout,spmd"], "layout,spmd"),
+])
+def test_print_pipeline_shows_the_standard_pipeline_for_the_flags(capsys, flags, pipeline):
+    assert meshc.main([MLP, "--print-pipeline", *flags]) == 0
+    assert capsys.readouterr().out.strip() == pipeline
+
+
+def test_output_is_required_unless_printing_the_pipeline(capsys):
+    assert meshc.main([MLP]) == 2
+    assert "-o OUT is required" in capsys.readouterr().err

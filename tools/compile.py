@@ -6,8 +6,8 @@ import argparse
 from meshir.diagnostics import FlagError
 from meshir.ir import Module
 
-DEFAULT_PIPELINE = "layout,spmd"
 EMIT_MODES = ("spmd", "gspmd")
+MIXED_PRECISION = ("bf16", "f16")
 TF_COLLECTIVES = ("explicit", "v2")  # meshir.backends.tf.COLLECTIVE_MODES, without importing TensorFlow
 
 
@@ -15,7 +15,9 @@ def add_program_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--entry", help="the function to compile or run, e.g. @loss (default: the first function)")
     parser.add_argument("--mesh", help="override the mesh: 'rows:2,cols:4' or 'rows:2;cols:4'")
     parser.add_argument("--layout", help="override the layout: 'batch:rows,hidden:cols', 'seq:(rows,cols)'")
-    parser.add_argument("--passes", default=None, help=f"pass pipeline (default '{DEFAULT_PIPELINE}')")
+    parser.add_argument("--passes", default=None, help="pass pipeline (default: the standard pipeline, shown by meshc --print-pipeline)")
+    parser.add_argument("--mixed-precision", choices=MIXED_PRECISION,
+                        help="standard pipeline: activations and contractions in bf16 or f16 (f16 with dynamic loss scaling)")
     parser.add_argument("--devices", type=int, help="number of devices (default: the mesh's size)")
     parser.add_argument("--emit-mode", default="spmd", choices=EMIT_MODES,
                         help="spmd: meshir partitions (default); gspmd: the global program with shardings, XLA partitions")
@@ -24,16 +26,41 @@ def add_program_flags(parser: argparse.ArgumentParser) -> None:
                              "v2 collective ops (NCCL on GPUs)")
 
 
+def standard_pipeline(entry: str, *, train: bool = False, optimizer: str = "adam", lr: float = 1e-3,
+                      mixed_precision: str | None = None, backend: str = "xla") -> str:
+    """What meshc and meshir-run run without --passes. The precision policy comes
+    first (autodiff then derives a backward pass of the same precision), then the
+    train step, then partitioning for a device backend, collective fusion and
+    clean-up."""
+    passes = []
+    if mixed_precision:
+        scaling = f",loss-scale=dynamic,func={entry}" if mixed_precision == "f16" and train else ""
+        passes.append(f"mixed-precision{{activation={mixed_precision},backend={backend}{scaling}}}")
+    if train:
+        passes += [f"autodiff{{func={entry}}}", f"optimizer{{kind={optimizer},lr={lr}}}"]
+    if backend != "reference":
+        passes += ["layout", "spmd", "fuse-collectives"]
+    return ",".join(passes + ["cse", "dce"])
+
+
+def pipeline_text(args: argparse.Namespace, module: Module, backend: str) -> str:
+    """--passes, or the standard pipeline for the tool's flags and `backend`."""
+    if args.passes is not None:
+        return args.passes
+    return standard_pipeline(module.function(args.entry).name, train=args.train, optimizer=args.optimizer, lr=args.lr,
+                             mixed_precision=args.mixed_precision, backend=backend)
+
+
 def prepare(module: Module, args: argparse.Namespace) -> tuple[Module, str]:
     """Run the pipeline (without `spmd` in gspmd mode) and set up devices; returns the
     module and the entry function's name. Must run before JAX is imported."""
     from meshir.backends.xla import setup_cpu_devices
     from meshir.passes.pipeline import PassManager, parse_pipeline
 
-    pipeline = parse_pipeline(args.passes if args.passes is not None else DEFAULT_PIPELINE)
-    if args.emit_mode == "gspmd":
-        pipeline = [p for p in pipeline if p.name != "spmd"]
     entry = module.function(args.entry).name
+    pipeline = parse_pipeline(args.passes if args.passes is not None else standard_pipeline(entry))
+    if args.emit_mode == "gspmd":
+        pipeline = [p for p in pipeline if p.name not in ("spmd", "fuse-collectives")]
     mesh = module.mesh_of(module.functions[entry])
     PassManager(pipeline).run(module)
     needed = mesh.size if mesh is not None else 1

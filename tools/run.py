@@ -10,7 +10,7 @@ import numpy as np
 from meshir.diagnostics import FlagError
 
 from .common import EXIT_OK, EXIT_RUNTIME, atomic_write, internal_error, load_module, run_main
-from .compile import add_program_flags, compile_tf, compile_xla, prepare
+from .compile import add_program_flags, compile_tf, compile_xla, pipeline_text, prepare
 from .runners import make_runner
 from .train import DEFAULT_CHECKPOINT_EVERY, train_loop
 
@@ -80,7 +80,7 @@ def save_outputs(path: str, outputs: dict[str, np.ndarray]) -> None:
 
 def train(args: argparse.Namespace) -> int:
     """Build the train step, then run the training loop on the chosen backend."""
-    from .train import checkpointing_from_flags, load_dataset, resize_dimension, train_pipeline
+    from .train import checkpointing_from_flags, load_dataset, resize_dimension
 
     if not args.data:
         raise FlagError("--train needs --data FILE.npz")
@@ -94,8 +94,7 @@ def train(args: argparse.Namespace) -> int:
     if eval_name is not None:
         module.function(eval_name)
     dataset = load_dataset(args.data, module.functions[entry])
-    if args.passes is None:
-        args.passes = train_pipeline(entry, args.optimizer, args.lr, partition=args.backend != "reference")
+    args.passes = pipeline_text(args, module, args.backend)
     if args.backend == "reference":
         from meshir.passes.pipeline import PassManager, parse_pipeline
 
@@ -138,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.backend == "reference":
             outputs = expected
         else:
-            module, entry = prepare(load_module(args.input, args.mesh, args.layout), args)
+            module = load_module(args.input, args.mesh, args.layout)
+            args.passes = pipeline_text(args, module, args.backend)
+            module, entry = prepare(module, args)
             if args.backend == "tf":
                 program = compile_tf(module, entry, args)
             else:

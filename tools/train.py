@@ -2,7 +2,8 @@
 
 The entry function computes a scalar loss from a batch; `autodiff{func=...}` and
 `optimizer{...}` turn it into a train step, and (for the xla backend)
-`layout,spmd` partition it with the module's other functions. Data come from an
+`layout,spmd` partition it with the module's other functions (tools/compile.py
+standard_pipeline). Data come from an
 .npz holding `<argument>_train` and `<argument>_test` arrays (Keras' mnist.npz
 names: `x_train`, `y_train`, ...); batches are drawn in a seeded shuffled order.
 An evaluation function (`--eval`, default `@accuracy` when the module has one)
@@ -101,11 +102,6 @@ def load_dataset(path: str, function: Function) -> Dataset:
     if len(next(iter(train.values()))) < batch or len(next(iter(test.values()))) < batch:
         raise FlagError(f"--data: both splits need at least one batch of {batch} examples")
     return Dataset(train, test, batch)
-
-
-def train_pipeline(entry: str, optimizer: str, lr: float, partition: bool) -> str:
-    steps = [f"autodiff{{func={entry}}}", f"optimizer{{kind={optimizer},lr={lr}}}"]
-    return ",".join(steps + (["layout", "spmd"] if partition else []))
 
 
 def progress(step: int, total: int, loss: float, examples_per_second: float) -> str:
