@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import random
-from .attributes import FLOAT, INT, NAMES, AttrKind, AttrSpec, AttrTypeError, check_attributes
+from .attributes import FLOAT, INT, NAMES, AttrKind, AttrSpec, AttrTypeError, Name, check_attributes
 from .diagnostics import MeshirError
 from .types import TensorType
 
@@ -187,6 +187,59 @@ def _glorot_normal(ttype: TensorType, args: dict[str, Any]) -> np.ndarray:
     return stddev * truncated_standard_normal(args["seed"], ttype.shape).astype(np.float64)
 
 
+# `stack(parts=[[normal, seed, 1, stddev, 0.05], [zeros]])`: the variable made by
+# stacking others along its leading dimension (passes/autostack.py). Each part is
+# one member's initializer and its arguments, `[initializer, argument, value, ...]`
+# (values as the member's own declaration writes them), so the stack starts
+# bit for bit where its members would have.
+STACK = "stack"
+_PARTS_FORM = "a non-empty list of parts [initializer, argument, value, ...], as in [[normal, seed, 1], [zeros]]"
+
+
+def _stack_part(value: Any) -> tuple:
+    """One part checked: a known initializer (not a stack) with checked arguments, sorted by name."""
+    if not (isinstance(value, tuple) and len(value) % 2 == 1 and isinstance(value[0], Name)):
+        raise AttrTypeError(_PARTS_FORM)
+    name, keys, values = value[0], value[1::2], value[2::2]
+    if name == STACK or name not in INITIALIZERS:
+        known = ", ".join(sorted(set(INITIALIZERS) - {STACK}))
+        raise AttrTypeError(f"{_PARTS_FORM}; '{name}' is not an initializer a part can have ({known})")
+    if not all(isinstance(k, Name) for k in keys) or len(set(keys)) != len(keys):
+        raise AttrTypeError(f"{_PARTS_FORM}; part {name} needs distinct argument names before their values")
+    args = check_attributes(INITIALIZERS[name].args, dict(zip(keys, values)), f"initializer {STACK}: part {name}", "argument")
+    return (name, *(item for key in sorted(args) for item in (Name(key), args[key])))
+
+
+def _stack_parts(value: Any) -> tuple[tuple, ...]:
+    if not isinstance(value, tuple) or not value:
+        raise AttrTypeError(_PARTS_FORM)
+    return tuple(_stack_part(part) for part in value)
+
+
+STACK_PARTS = AttrKind(_PARTS_FORM, _stack_parts)
+
+
+def stack_members(ttype: TensorType, args: dict[str, Any]) -> list[tuple[TensorType, str, dict[str, Any]]]:
+    """The members of a `stack` initializer: each one's type (`ttype` without its
+    leading dimension), initializer name and arguments."""
+    member = ttype.without(ttype.names[:1])
+    return [(member, str(part[0]), {str(k): v for k, v in zip(part[1::2], part[2::2])}) for part in args["parts"]]
+
+
+def _check_stack(ttype: TensorType, args: dict[str, Any]) -> None:
+    parts = args["parts"]
+    if not ttype.dims or ttype.dims[0].size != len(parts):
+        leading = f"its leading dimension is {ttype.dims[0]}" if ttype.dims else "it is a scalar"
+        raise MeshirError(f"initializer {STACK}: {len(parts)} parts for a variable {ttype}, but {leading}; "
+                          "a stack needs one part per element of its leading dimension")
+    for member, name, member_args in stack_members(ttype, args):
+        INITIALIZERS[name].check_args(member_args, member)
+
+
+def _stack(ttype: TensorType, args: dict[str, Any]) -> np.ndarray:
+    return np.stack([INITIALIZERS[name].materialize(member, member_args) for member, name, member_args in stack_members(ttype, args)])
+
+
 _SEED = AttrSpec(INT, 0)
 _FANS = {"fan_in": AttrSpec(NAMES, None), "fan_out": AttrSpec(NAMES, None)}
 _NORMAL_ARGS = {"mean": AttrSpec(FLOAT, 0.0), "stddev": AttrSpec(FLOAT, 1.0), "seed": _SEED}
@@ -222,6 +275,11 @@ INITIALIZERS: dict[str, Initializer] = {
             "glorot_normal", {"seed": _SEED, **_FANS}, _glorot_normal,
             "Truncated normal with stddev sqrt(2 / (fan_in + fan_out)) after truncation (as Keras and JAX).",
             _random_checker("glorot_normal", _check_fans("glorot_normal")),
+        ),
+        Initializer(
+            STACK, {"parts": AttrSpec(STACK_PARTS)}, _stack,
+            "The members' initial values (`parts`, one per element of the leading dimension) stacked along it.",
+            _check_stack,
         ),
     )
 }

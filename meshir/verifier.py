@@ -7,17 +7,31 @@ the sizes involved.
 """
 from __future__ import annotations
 
-from .attributes import BOOL, DTYPE, AttrSpec, SymbolRef, check_attributes
+from typing import Any
+
+from .attributes import BOOL, DTYPE, AttrKind, AttrSpec, AttrTypeError, SymbolRef, check_attributes
 from .diagnostics import Location, MeshirError
 from .ir import Function, Module, Operation, Variable
 from .mesh import LayoutRules, Mesh
 from .registry import OpView, find
 from .types import TensorType
 
+
+def _distinct_symbols(value: Any) -> tuple[SymbolRef, ...]:
+    if not (isinstance(value, tuple) and value and all(isinstance(v, SymbolRef) for v in value)):
+        raise AttrTypeError("a non-empty list of symbols, as in [@a, @b]")
+    if len({v.name for v in value}) != len(value):
+        raise AttrTypeError("a list of distinct symbols")
+    return value
+
+
 VARIABLE_ATTRS: dict[str, AttrSpec] = {
     "trainable": AttrSpec(BOOL, True),
     "slice_dtype": AttrSpec(DTYPE, None),  # how devices store it (default: the declared, master dtype)
     "activation_dtype": AttrSpec(DTYPE, None),  # what `read` yields (default: the master dtype)
+    # The variables stacked along its leading dimension, in order (passes/autostack.py):
+    # checkpoints hold them under these names.
+    "stacks": AttrSpec(AttrKind("a list of symbols", _distinct_symbols), None),
 }
 # `loss_scale` (set by mixed-precision) scales the loss before autodiff's
 # backward pass: a number, or an f32[] variable the optimizer adjusts.
@@ -49,6 +63,11 @@ def verify_variable(variable: Variable) -> None:
         variable.attributes = check_attributes(VARIABLE_ATTRS, variable.attributes, f"variable @{variable.name}")
     except MeshirError as exc:
         raise _at(variable.loc, exc.message) from None
+    stacked = variable.attributes.get("stacks")
+    if stacked is not None and (not variable.type.dims or variable.type.dims[0].size != len(stacked)):
+        leading = f"leading dimension {variable.type.dims[0]}" if variable.type.dims else "no leading dimension"
+        raise _at(variable.loc, f"variable @{variable.name} stacks {_count(len(stacked), 'variable')} but has {leading}; "
+                                "it needs one element of its leading dimension per stacked variable")
     master = variable.type.dtype
     for key in ("slice_dtype", "activation_dtype"):
         dtype = variable.attributes.get(key)

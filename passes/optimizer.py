@@ -229,7 +229,8 @@ class Optimizer(Pass):
         names = variable.type.names
         b2 = self.beta2
         squared = e.emit("add", e.emit("square", grad), scalar(1e-30))
-        if len(names) < 2:
+        # A stack's leading dimension (autostack) numbers its members: each member is factored as it would be alone.
+        if len(names) - bool(variable.attributes.get("stacks")) < 2:
             slot = _slot(module, variable, "v")
             v = e.emit("add", e.emit("mul", scalar(b2), read(slot)), e.emit("mul", scalar(1 - b2), squared))
             store(slot, v)

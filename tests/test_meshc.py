@@ -80,11 +80,12 @@ def test_flag_errors_exit_2_without_output(tmp_path, capsys, flags, fragment):
 
 
 @pytest.mark.parametrize("flags,pipeline", [
-    ([], "layout,spmd,fuse-collectives,cse,dce"),
-    (["--train", "--optimizer", "sgd", "--lr", "0.1"], "autodiff{func=loss},optimizer{kind=sgd,lr=0.1},layout,spmd,fuse-collectives,cse,dce"),
+    ([], "layout,spmd,cse,dce"),
+    (["-o", "model.pbtxt"], "layout,spmd,fuse-collectives,cse,dce"),
+    (["--train", "--optimizer", "sgd", "--lr", "0.1"], "autostack,autodiff{func=loss},optimizer{kind=sgd,lr=0.1},layout,spmd,cse,dce"),
     (["--mixed-precision", "bf16", "-o", "model.pb"], "mixed-precision{activation=bf16,backend=tf},layout,spmd,fuse-collectives,cse,dce"),
     (["--train", "--mixed-precision", "f16"], "mixed-precision{activation=f16,backend=xla,loss-scale=dynamic,func=loss},"
-                                               "autodiff{func=loss},optimizer{kind=adam,lr=0.001},layout,spmd,fuse-collectives,cse,dce"),
+                                               "autostack,autodiff{func=loss},optimizer{kind=adam,lr=0.001},layout,spmd,cse,dce"),
     (["--passes", "layout,spmd"], "layout,spmd"),
 ])
 def test_print_pipeline_shows_the_standard_pipeline_for_the_flags(capsys, flags, pipeline):

@@ -14,7 +14,6 @@ SH_BLOCKS = re.findall(r"```sh\n(.*?)```", README, re.DOTALL)
 PY_BLOCKS = re.findall(r"```python\n(.*?)```", README, re.DOTALL)
 COMMANDS = [line.split("  #")[0].strip() for block in SH_BLOCKS for line in block.splitlines() if line.strip()]
 SETUP = [c for c in COMMANDS if "pip install" in c]
-TOUR = [c for c in COMMANDS if c not in SETUP]
 
 
 def test_readme_has_the_two_setup_commands_and_ci_runs_the_test_one():
@@ -42,10 +41,17 @@ def test_main_job_command_runs(tmp_path):
     assert metrics["step"] == 300 and metrics["accuracy"] >= 0.95
 
 
-@pytest.mark.parametrize("command", TOUR)
-def test_tour_command_runs(command):
-    result = _run(command)
-    assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
+TOUR_BLOCKS = [[c for c in commands if c not in SETUP] for commands in
+               ([line.split("  #")[0].strip() for line in block.splitlines() if line.strip()] for block in SH_BLOCKS)]
+
+
+@pytest.mark.parametrize("commands", [b for b in TOUR_BLOCKS if b], ids=lambda b: b[0][:60])
+def test_tour_block_runs(commands):
+    """Each block's commands in order, as a reader pastes them: a block may use
+    what an earlier command of the same block made, never another block's."""
+    for command in commands:
+        result = _run(command)
+        assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
 
 
 @pytest.mark.parametrize("block", PY_BLOCKS)

@@ -1,4 +1,5 @@
 """meshir-opt and meshir-run from the command line: flags, files, exit status."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -112,3 +113,11 @@ def test_run_user_errors_exit_2(tmp_path, capsys):
         err = capsys.readouterr().err
         assert "error" in err and "Traceback" not in err
     assert not (tmp_path / "out.npz").exists()
+
+
+def test_output_to_a_device_writes_to_it_instead_of_replacing_it():
+    """-o /dev/null discards the output; a rename would put a regular file in its place."""
+    import stat
+
+    assert opt.main([str(EXAMPLES / "mlp.mir"), "-o", "/dev/null"]) == 0
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)

@@ -7,7 +7,9 @@ A checkpoint folder (`meshir-run --train --checkpoint DIR`) holds:
         metadata.json           {"format": 1, "step": 120, "loss": 0.31, "variables":
                                   {"w1": {"shape": [64, 128], "dtype": "f32", "file": "w1.npy"}, ...}}
         w1.npy, w1.m.npy, ...   each variable's global value in its master (declared)
-                                dtype; bf16 as its uint16 bits, which .npy can hold
+                                dtype; bf16 as its uint16 bits, which .npy can hold.
+                                A stacked variable (passes/autostack.py) is saved as
+                                its members, under their own names
     DIR/.saving-*               a save in progress, or one that a crash interrupted
 
 Values are global arrays, so a checkpoint restores onto any mesh and layout. A save
@@ -24,7 +26,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import BinaryIO, Callable, Mapping
 
 import numpy as np
@@ -32,6 +34,8 @@ import numpy as np
 from meshir.diagnostics import FlagError
 from meshir.dtypes import DTYPES, DType, dtype_of_numpy
 from meshir.ir import Module
+from meshir.passes.autostack import checkpoint_entries
+from meshir.types import TensorType
 
 FORMAT = 1
 INDEX = "checkpoint"
@@ -57,8 +61,28 @@ class Checkpoint:
 
 
 def master_values(values: Mapping[str, np.ndarray], module: Module) -> dict[str, np.ndarray]:
-    """`values` cast to their variables' declared (master) dtypes."""
-    return {name: np.asarray(value).astype(module.variables[name].type.dtype.numpy) for name, value in values.items()}
+    """`values` (keyed by `module`'s variables) as a checkpoint holds them: in their
+    declared (master) dtypes, a stacked variable and its optimizer slots as one entry
+    per member (passes/autostack.py), so that a checkpoint is the same whether or
+    not the module was stacked."""
+    entries = checkpoint_entries(module)
+    saved: dict[str, np.ndarray] = {}
+    for name, value in values.items():
+        master = np.asarray(value).astype(module.variables[name].type.dtype.numpy)
+        saved.update(zip(entries[name], master) if name in entries else [(name, master)])
+    return saved
+
+
+def _entry_types(module: Module, entries: Mapping[str, tuple[str, ...]]) -> dict[str, TensorType]:
+    """The master type of each checkpoint entry `module` needs."""
+    types: dict[str, TensorType] = {}
+    for name, variable in module.variables.items():
+        if name in entries:
+            member = variable.type.without(variable.type.names[:1])
+            types.update((entry, member) for entry in entries[name])
+        else:
+            types[name] = variable.type
+    return types
 
 
 def create_folder(directory: str) -> None:
@@ -121,22 +145,22 @@ def load(directory: str) -> Checkpoint | None:
 
 
 def restore_values(checkpoint: Checkpoint, module: Module, extra_allowed: bool = False) -> dict[str, np.ndarray]:
-    """The checkpoint's values for `module`'s variables, in their master dtypes; a
-    FlagError when the checkpoint does not fit the module. With `extra_allowed`,
-    variables the module does not declare are left out instead."""
-    declared = module.variables
-    missing = sorted(set(declared) - set(checkpoint.values))
+    """The checkpoint's values for `module`'s variables, in their master dtypes (a
+    stacked variable's from its members' entries); a FlagError when the checkpoint
+    does not fit the module. With `extra_allowed`, entries the module does not
+    need are left out instead."""
+    entries = checkpoint_entries(module)
+    needed = _entry_types(module, entries)
+    missing = sorted(set(needed) - set(checkpoint.values))
     if missing:
         raise FlagError(f"--checkpoint: {checkpoint.path} has no variable @{missing[0]}, which the module declares "
                         f"({len(missing)} missing; saved from another model or optimizer?)")
-    extra = sorted(set(checkpoint.values) - set(declared))
-    if extra and extra_allowed:
-        checkpoint = replace(checkpoint, values={k: v for k, v in checkpoint.values.items() if k in declared})
-    elif extra:
+    extra = sorted(set(checkpoint.values) - set(needed))
+    if extra and not extra_allowed:
         raise FlagError(f"--checkpoint: {checkpoint.path} holds variable @{extra[0]}, which the module does not declare "
                         f"({len(extra)} such; saved from another model or optimizer?)")
-    for name, value in checkpoint.values.items():
-        ttype = declared[name].type
+    for name, ttype in sorted(needed.items()):  # as saved, so the first problem reported is the first in the folder
+        value = checkpoint.values[name]
         if value.shape != ttype.shape:
             raise FlagError(f"--checkpoint: variable @{name} has shape {list(value.shape)} in {checkpoint.path}, "
                             f"but the module declares {ttype} (shape {list(ttype.shape)})")
@@ -144,7 +168,8 @@ def restore_values(checkpoint: Checkpoint, module: Module, extra_allowed: bool =
         if stored != ttype.dtype and not (stored.is_float and ttype.dtype.is_float):
             raise FlagError(f"--checkpoint: variable @{name} is {stored} in {checkpoint.path}, but the module declares "
                             f"{ttype}; only floating-point precisions convert")
-    return master_values(checkpoint.values, module)
+    values = {name: checkpoint.values[name].astype(ttype.dtype.numpy) for name, ttype in needed.items()}
+    return {name: np.stack([values[e] for e in entries[name]]) if name in entries else values[name] for name in module.variables}
 
 
 def _write_durably(path: str, write: Callable[[BinaryIO], object]) -> None:

@@ -102,11 +102,17 @@ def apply_overrides(module: Module, mesh_flag: str | None, layout_flag: str | No
 
 def atomic_write(path: str, data: str | bytes) -> None:
     """Write through a temporary file in the same folder, then rename: a reader (or a
-    crash) never sees half a file, and an error leaves no file at all."""
+    crash) never sees half a file, and an error leaves no file at all. A device or
+    pipe is written directly."""
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise FlagError(f"-o: folder '{directory}' does not exist")
     mode = "wb" if isinstance(data, bytes) else "w"
+    if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
+        # A device or pipe (-o /dev/null, -o /dev/stdout): write to it; renaming over it would replace it.
+        with open(path, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as handle:
+            handle.write(data)
+        return
     fd, tmp = tempfile.mkstemp(prefix=".meshir-", dir=directory)
     try:
         with os.fdopen(fd, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as handle:

@@ -30,16 +30,21 @@ def standard_pipeline(entry: str, *, train: bool = False, optimizer: str = "adam
                       mixed_precision: str | None = None, backend: str = "xla") -> str:
     """What meshc and meshir-run run without --passes. The precision policy comes
     first (autodiff then derives a backward pass of the same precision), then the
-    train step, then partitioning for a device backend, collective fusion and
-    clean-up."""
+    train step (equal variables stacked first, so the optimizer updates each stack
+    once), then partitioning for a device backend, collective fusion for
+    TensorFlow, and clean-up."""
     passes = []
     if mixed_precision:
         scaling = f",loss-scale=dynamic,func={entry}" if mixed_precision == "f16" and train else ""
         passes.append(f"mixed-precision{{activation={mixed_precision},backend={backend}{scaling}}}")
     if train:
-        passes += [f"autodiff{{func={entry}}}", f"optimizer{{kind={optimizer},lr={lr}}}"]
+        passes += ["autostack", f"autodiff{{func={entry}}}", f"optimizer{{kind={optimizer},lr={lr}}}"]
     if backend != "reference":
-        passes += ["layout", "spmd", "fuse-collectives"]
+        passes += ["layout", "spmd"]
+    if backend == "tf":
+        # XLA combines collectives itself (its all-reduce combiner), and doing it first
+        # doubled its compile time for no step-time gain (benchmarks/passes.py); TF has no combiner.
+        passes.append("fuse-collectives")
     return ",".join(passes + ["cse", "dce"])
 
 

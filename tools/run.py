@@ -2,16 +2,20 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import sys
 
 import numpy as np
 
 from meshir.diagnostics import FlagError
+from meshir.ir import Module
 
 from .common import EXIT_OK, EXIT_RUNTIME, atomic_write, internal_error, load_module, run_main
 from .compile import add_program_flags, compile_tf, compile_xla, pipeline_text, prepare
-from .runners import make_runner
+from .distributed import DEFAULT_INIT_TIMEOUT, Cluster, cluster_from_flags, join, joined, leave, peer_failures_reported
+from .profile import Profiler, profiler_from_flags
+from .runners import XlaRunner, make_runner
 from .train import DEFAULT_CHECKPOINT_EVERY, train_loop
 
 BACKENDS = ("reference", "xla", "tf")
@@ -39,6 +43,19 @@ def build_parser() -> argparse.ArgumentParser:
                           help="resume from the checkpoint in DIR when it holds one; save there every --checkpoint-every steps and at the end")
     training.add_argument("--checkpoint-every", type=int, metavar="N",
                           help=f"save a checkpoint every N steps (default {DEFAULT_CHECKPOINT_EVERY}); needs --checkpoint")
+    processes = parser.add_argument_group("several processes (JAX's distributed runtime, --backend xla; meshir-launch starts them on one machine)")
+    processes.add_argument("--coordinator", metavar="HOST:PORT",
+                           help="process 0's address, the same for every process: process 0 serves there, the others connect")
+    processes.add_argument("--num-processes", type=int, metavar="N", help="how many processes the run has")
+    processes.add_argument("--process-id", type=int, metavar="I", help="this process's number, 0 to N-1; process 0 prints and saves")
+    processes.add_argument("--init-timeout", type=int, metavar="SECONDS",
+                           help=f"fail when the processes have not all joined within this time, or one stops answering "
+                                f"for as long (default {DEFAULT_INIT_TIMEOUT})")
+    profiling = parser.add_argument_group("profiling (--backend xla)")
+    profiling.add_argument("--profile", metavar="DIR",
+                           help="write a profile of the run to DIR, for TensorBoard (tensorboard --logdir DIR) and Perfetto")
+    profiling.add_argument("--profile-steps", metavar="A:B",
+                           help="with --train: profile steps A to B, counted from 1 (default: every step)")
     return parser
 
 
@@ -78,7 +95,27 @@ def save_outputs(path: str, outputs: dict[str, np.ndarray]) -> None:
     atomic_write(path, buffer.getvalue())
 
 
-def train(args: argparse.Namespace) -> int:
+def prepare_devices(module: Module, args: argparse.Namespace, cluster: Cluster | None) -> tuple[Module, str]:
+    """`prepare`, after joining the other processes of a multi-process run."""
+    if cluster is not None:
+        # --devices counts this process's devices; prepare checks the mesh against all of them.
+        args.devices = join(cluster, module.mesh_of(module.function(args.entry)), args.devices)
+    return prepare(module, args)
+
+
+def run_program(module: Module, entry: str, args: argparse.Namespace, inputs: dict[str, np.ndarray],
+                variables: dict[str, np.ndarray] | None, cluster: Cluster | None) -> dict[str, np.ndarray]:
+    """The entry function's outputs on the tf or xla backend."""
+    if args.backend == "tf":
+        return compile_tf(module, entry, args).run(inputs, variables)[0]
+    if cluster is not None:  # the runner places global arrays shard by shard and gathers the outputs
+        runner = XlaRunner(module, args.emit_mode, multi_process=True)
+        runner.load_state(variables or {})
+        return runner(entry, inputs)
+    return compile_xla(module, entry, args.emit_mode).run(inputs, variables)[0]
+
+
+def train(args: argparse.Namespace, cluster: Cluster | None, profiler: Profiler | None) -> int:
     """Build the train step, then run the training loop on the chosen backend."""
     from .train import checkpointing_from_flags, load_dataset, resize_dimension
 
@@ -100,9 +137,14 @@ def train(args: argparse.Namespace) -> int:
 
         PassManager(parse_pipeline(args.passes)).run(module)
     else:
-        module, entry = prepare(module, args)
-    metrics = train_loop(make_runner(args.backend, module, args), module, entry, eval_name, dataset, args.steps, args.eval_every,
-                         args.seed, checkpoints)
+        module, entry = prepare_devices(module, args, cluster)
+    runner = make_runner(args.backend, module, args, multi_process=cluster is not None)
+    try:
+        metrics = train_loop(runner, module, entry, eval_name, dataset, args.steps, args.eval_every, args.seed, checkpoints,
+                             profiler, cluster is None or cluster.is_primary)
+    finally:
+        if profiler is not None:
+            profiler.stop()
     return EXIT_OK if np.isfinite(metrics["loss"]) else EXIT_RUNTIME
 
 
@@ -117,46 +159,58 @@ def checkpointed_variables(directory: str, module) -> dict[str, np.ndarray]:
     return restore_values(checkpoint, module, extra_allowed=True)
 
 
+def run_once(args: argparse.Namespace, cluster: Cluster | None, profiler: Profiler | None) -> int:
+    """Run the entry function once and report its outputs."""
+    from meshir.interpreter import Interpreter, random_inputs
+
+    module = load_module(args.input, args.mesh, args.layout)
+    function = module.function(args.entry)
+    types = [v.type for v in function.returns]
+    inputs = load_inputs(args.inputs) if args.inputs else random_inputs(function, args.seed)
+    variables = checkpointed_variables(args.checkpoint, module) if args.checkpoint else None
+    primary = cluster is None or cluster.is_primary  # the process that reports
+    reference = Interpreter(module, variables) if args.backend == "reference" or (args.check and primary) else None
+    expected = reference.run(function.name, inputs) if reference is not None else None
+    if args.backend == "reference":
+        outputs = expected
+    else:
+        module = load_module(args.input, args.mesh, args.layout)
+        args.passes = pipeline_text(args, module, args.backend)
+        module, entry = prepare_devices(module, args, cluster)
+        with profiler.whole_run() if profiler is not None else contextlib.nullcontext():
+            outputs = run_program(module, entry, args, inputs, variables, cluster)
+    if not primary:
+        return EXIT_OK
+    for (name, array), ttype in zip(outputs.items(), types):
+        print(format_output(name, array, str(ttype)))
+    if args.check:
+        print(f"check: largest |{args.backend} - reference| = {largest_difference(outputs, expected):.3g}")
+    if args.outputs:
+        save_outputs(args.outputs, outputs)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        from meshir.interpreter import Interpreter, random_inputs
-
         if args.backend not in BACKENDS:
             raise FlagError(f"--backend: unknown backend '{args.backend}' (backends: {', '.join(BACKENDS)})")
-        if args.train:
-            return train(args)
-        module = load_module(args.input, args.mesh, args.layout)
-        function = module.function(args.entry)
-        types = [v.type for v in function.returns]
-        inputs = load_inputs(args.inputs) if args.inputs else random_inputs(function, args.seed)
-        variables = checkpointed_variables(args.checkpoint, module) if args.checkpoint else None
-        reference = Interpreter(module, variables) if args.backend == "reference" or args.check else None
-        expected = reference.run(function.name, inputs) if reference is not None else None
-        if args.backend == "reference":
-            outputs = expected
-        else:
-            module = load_module(args.input, args.mesh, args.layout)
-            args.passes = pipeline_text(args, module, args.backend)
-            module, entry = prepare(module, args)
-            if args.backend == "tf":
-                program = compile_tf(module, entry, args)
-            else:
-                program = compile_xla(module, entry, args.emit_mode)
-            outputs, _ = program.run(inputs, variables)
-        for (name, array), ttype in zip(outputs.items(), types):
-            print(format_output(name, array, str(ttype)))
-        if args.check:
-            print(f"check: largest |{args.backend} - reference| = {largest_difference(outputs, expected):.3g}")
-        if args.outputs:
-            save_outputs(args.outputs, outputs)
-        return EXIT_OK
+        cluster = cluster_from_flags(args.coordinator, args.num_processes, args.process_id, args.init_timeout)
+        if cluster is not None and args.backend != "xla":
+            raise FlagError(f"--coordinator: multi-process runs use JAX's distributed runtime, so they need --backend xla, not '{args.backend}'")
+        profiler = profiler_from_flags(args.profile, args.profile_steps, backend=args.backend, train=args.train, steps=args.steps,
+                                       process_id=cluster.process_id if cluster is not None else None)
+        with peer_failures_reported(cluster) if cluster is not None else contextlib.nullcontext():
+            return train(args, cluster, profiler) if args.train else run_once(args, cluster, profiler)
 
     try:
-        return run_main(body)
+        status = run_main(body)
     except Exception as exc:  # noqa: BLE001 - anything else is a meshir bug
-        return internal_error("meshir-run", exc)
+        status = internal_error("meshir-run", exc)
+    if status != EXIT_OK and joined():
+        leave(status)
+    return status
 
 
 if __name__ == "__main__":

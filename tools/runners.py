@@ -22,6 +22,7 @@ from meshir.interpreter import Interpreter, to_argument
 from meshir.ir import Module
 
 from .compile import compile_tf, compile_xla
+from .distributed import global_arrays, host_value
 
 if TYPE_CHECKING:  # importing TensorFlow costs seconds; only the tf backend pays it
     from meshir.backends.tf.compile import TFSession
@@ -61,11 +62,16 @@ class ReferenceRunner:
 
 class XlaRunner:
     """Functions compiled through XLA; variables kept as global arrays between calls,
-    each step updating the written ones in place (donated buffers)."""
+    each step updating the written ones in place (donated buffers).
 
-    def __init__(self, module: Module, emit_mode: str):
+    In a multi-process run (`multi_process`) each process holds only its own devices'
+    shards: inputs and variables become global arrays placed shard by shard, and
+    outputs and state are gathered whole on every process (tools/distributed.py)."""
+
+    def __init__(self, module: Module, emit_mode: str, multi_process: bool = False):
         self.module = module
         self.emit_mode = emit_mode
+        self.multi_process = multi_process
         self._state = dict(Interpreter(module).state)
         self._programs: dict[str, object] = {}
 
@@ -73,14 +79,24 @@ class XlaRunner:
         if name not in self._programs:
             self._programs[name] = compile_xla(self.module, name, self.emit_mode)
         program = self._programs[name]
+        variables = {p.name: self._state[p.name] for p in program.variables}
+        hosted = {k: v for k, v in variables.items() if not hasattr(v, "sharding")}
+        if hosted and not self.multi_process:
+            # On their devices once: a host array's call would compile the program again.
+            variables.update(program.placed(hosted))
+            self._state.update(variables)
+        if self.multi_process:
+            inputs = global_arrays(program.inputs, inputs, program.device_mesh)
+            variables = global_arrays(program.variables, variables, program.device_mesh)
+            self._state.update(variables)  # placed once, not at every call
         # The runner alone holds the variables, so their buffers are donated to the new values.
-        outputs, written = program.step(inputs, {p.name: self._state[p.name] for p in program.variables})
+        outputs, written = program.step(inputs, variables)
         self._state.update(written)
-        return {k: np.asarray(v) for k, v in outputs.items()}
+        return {k: host_value(v) for k, v in outputs.items()}
 
     def state(self) -> dict[str, np.ndarray]:
         # Copies: a view of a device buffer would change under the next, donating step.
-        return {name: np.array(value) for name, value in self._state.items()}
+        return {name: np.array(host_value(value)) for name, value in self._state.items()}
 
     def load_state(self, values: Mapping[str, np.ndarray]) -> None:
         self._state.update(_checked_state(self.module, values))
@@ -123,11 +139,11 @@ class TFRunner:
         self._current = None  # the next call loads the new values into its Session
 
 
-def make_runner(backend: str, module: Module, args: argparse.Namespace) -> Runner:
+def make_runner(backend: str, module: Module, args: argparse.Namespace, multi_process: bool = False) -> Runner:
     if backend == "reference":
         return ReferenceRunner(module)
     if backend == "xla":
-        return XlaRunner(module, args.emit_mode)
+        return XlaRunner(module, args.emit_mode, multi_process)
     if backend == "tf":
         return TFRunner(module, args)
     raise FlagError(f"--train: training runs on the reference, xla and tf backends, not '{backend}'")

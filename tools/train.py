@@ -15,6 +15,8 @@ there, and saves every `--checkpoint-every` steps and at the end.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import itertools
 import json
 import sys
@@ -28,6 +30,7 @@ from meshir.diagnostics import FlagError
 from meshir.ir import Function, Module
 
 from . import checkpoint
+from .profile import Profiler
 from .runners import Runner
 
 DEFAULT_CHECKPOINT_EVERY = 100
@@ -129,18 +132,28 @@ def resume(runner: Runner, module: Module, directory: str, steps: int) -> tuple[
     return restored.step, restored.loss
 
 
+class _Discard(io.TextIOBase):
+    """Where the reports of a multi-process run's other processes go."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+
 def train_loop(runner: Runner, module: Module, entry: str, eval_name: str | None, dataset: Dataset,
-               steps: int, eval_every: int, seed: int, checkpoints: Checkpointing | None = None) -> dict[str, Any]:
+               steps: int, eval_every: int, seed: int, checkpoints: Checkpointing | None = None,
+               profiler: Profiler | None = None, primary: bool = True) -> dict[str, Any]:
     """Train up to step `steps`; a progress bar on stderr, the final metrics as one
-    JSON line on stdout."""
-    out, bar = sys.stdout, sys.stderr
+    JSON line on stdout. `profiler` traces the steps it profiles. In a multi-process
+    run every process trains, but only the `primary` one reports and saves."""
+    out, bar = (sys.stdout, sys.stderr) if primary else (_Discard(), _Discard())
     first, loss = resume(runner, module, checkpoints.directory, steps) if checkpoints else (0, float("nan"))
     # The seeded order, less the batches the checkpointed steps consumed: the run
     # continues exactly as if it had never stopped.
     batches = itertools.islice(dataset.batches(seed), first, None)
     start = time.perf_counter()
     for step in range(first + 1, steps + 1):
-        loss = float(next(iter(runner(entry, next(batches)).values())))
+        with profiler.step(step) if profiler else contextlib.nullcontext():
+            loss = float(next(iter(runner(entry, next(batches)).values())))
         rate = (step - first) * dataset.batch / max(time.perf_counter() - start, 1e-9)
         # A terminal redraws one line; a log gets a line every tenth of the run.
         if bar.isatty():
@@ -148,7 +161,9 @@ def train_loop(runner: Runner, module: Module, entry: str, eval_name: str | None
         elif step % max(1, steps // 10) == 0 or step == steps:
             print(progress(step, steps, loss, rate).lstrip("\r"), file=bar, flush=True)
         if checkpoints and checkpoints.due(step, steps):
-            checkpoint.save(checkpoints.directory, step, checkpoint.master_values(runner.state(), module), loss)
+            values = checkpoint.master_values(runner.state(), module)  # every process joins in gathering them
+            if primary:
+                checkpoint.save(checkpoints.directory, step, values, loss)
         if eval_name and eval_every and step % eval_every == 0 and step != steps:
             print(f"{chr(10) if bar.isatty() else ''}step {step}: {eval_name} {evaluate(runner, eval_name, dataset):.4f}", file=bar)
     if bar.isatty():

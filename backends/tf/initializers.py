@@ -11,11 +11,12 @@ whose log and cos are TF's).
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from meshir.initializers import INITIALIZERS, TRUNCATED_STDDEV, TRUNCATION_ROUNDS, TRUNCATION_STDDEVS, fans
+from meshir.initializers import INITIALIZERS, STACK, TRUNCATED_STDDEV, TRUNCATION_ROUNDS, TRUNCATION_STDDEVS, fans, stack_members
 from meshir.ir import Variable
 from meshir.types import TensorType
 
@@ -82,6 +83,8 @@ def initial_slice(variable: Variable, local_shape: Sequence[int], offsets: Seque
     """The block of `local_shape` at `offsets` (default: the whole variable) of the
     variable's global initial value, as TF ops."""
     ttype, stored = variable.type, tf_dtype(variable.slice_type.dtype)
+    if variable.initializer == STACK:
+        return _stack_slice(variable, local_shape, offsets)
     if variable.initializer in _RANDOM:
         index = random.linear_index(local_shape, ttype.shape, offsets)
         values = _cast(_RANDOM[variable.initializer](ttype, _args(variable), index), ttype)
@@ -89,3 +92,13 @@ def initial_slice(variable: Variable, local_shape: Sequence[int], offsets: Seque
     # zeros, ones and constant fill one value: the reference computes it exactly.
     fill = INITIALIZERS[variable.initializer].materialize(ttype.with_dims(()), variable.init_args)
     return tf.fill(const(local_shape), const(fill.astype(variable.slice_type.dtype.numpy), stored))
+
+
+def _stack_slice(variable: Variable, local_shape: Sequence[int], offsets: Sequence[int] | None) -> tf.Tensor:
+    """A block of a stacked variable: the same block of each member the block's
+    leading dimension covers, each drawn as its own declaration would be, stacked."""
+    first = offsets[0] if offsets is not None else 0
+    members = stack_members(variable.type, _args(variable))[first:first + local_shape[0]]
+    inner = offsets[1:] if offsets is not None else None
+    return tf.stack([initial_slice(replace(variable, type=member, initializer=name, init_args=args), local_shape[1:], inner)
+                     for member, name, args in members])

@@ -96,6 +96,15 @@ class CompiledProgram:
     per_device: bool = False
     donating: Any = None  # the same program with the written variables a separate, donated argument
 
+    def placed(self, variables: Mapping[str, Any]) -> Arrays:
+        """The program's variables among `variables` on their devices, as its outputs
+        leave them: calls given host arrays first and device arrays later would
+        otherwise compile the program twice (their layouts differ)."""
+        ports = {p.name: p for p in self.variables}
+        with x64():
+            return {name: jax.device_put(value, NamedSharding(self.device_mesh, ports[name].spec) if self.device_mesh else None)
+                    for name, value in variables.items() if name in ports}
+
     def step(self, inputs: Mapping[str, Any], variables: Mapping[str, Any]) -> tuple[Arrays, Arrays]:
         """As calling the program, but the buffers of the variables it writes are
         donated to their new values (a train step updates in place, as `jax.jit`

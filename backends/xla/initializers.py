@@ -9,13 +9,14 @@ so a large variable never exists whole on one device.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from meshir.initializers import INITIALIZERS, TRUNCATED_STDDEV, TRUNCATION_ROUNDS, TRUNCATION_STDDEVS, fans
+from meshir.initializers import INITIALIZERS, STACK, TRUNCATED_STDDEV, TRUNCATION_ROUNDS, TRUNCATION_STDDEVS, fans, stack_members
 from meshir.ir import Module, Variable
 from meshir.types import TensorType
 
@@ -71,6 +72,9 @@ def _cast(values: jax.Array, ttype: TensorType) -> jax.Array:
 def initial_value(variable: Variable) -> jax.Array:
     """The variable's global initial value, traced (call inside jit and `x64()`)."""
     ttype, stored = variable.type, variable.slice_type.dtype.numpy
+    if variable.initializer == STACK:  # each member drawn as its own declaration would be
+        return jnp.stack([initial_value(replace(variable, type=member, initializer=name, init_args=args))
+                          for member, name, args in stack_members(ttype, _args(variable))])
     if variable.initializer in _RANDOM:
         return _cast(_RANDOM[variable.initializer](ttype, _args(variable)), ttype).astype(stored)
     # zeros, ones and constant fill one value: the reference computes it exactly.

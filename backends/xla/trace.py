@@ -3,6 +3,10 @@
 Used inside `jax.jit` (global programs) and inside `jax.shard_map` (local
 programs, where collectives see the mesh axes). `overrides` replaces the rule
 of some ops for one compilation mode, e.g. `reshard` in the gspmd mode.
+
+Each op is traced under a `jax.named_scope` naming the meshir op and the values it
+defines (`einsum:%h`): XLA keeps the scope in its op metadata, so HLO dumps and
+profiles (`meshir-run --profile`) show meshir's names beside XLA's.
 """
 from __future__ import annotations
 
@@ -36,13 +40,20 @@ def trace_function(
         rule = (overrides or {}).get(op.name) or view.opdef.lowerings.get(TARGET)
         if rule is None:
             raise MeshirError(f"{op.name} has no xla rule", op.loc)
-        out = _apply(op, rule, view, [env[v] for v in op.operands])
+        with jax.named_scope(_scope_name(op)):
+            out = _apply(op, rule, view, [env[v] for v in op.operands])
         results = list(out) if isinstance(out, (tuple, list)) else [out]
         if len(results) != len(op.results):
             raise RuntimeFailure(f"{op.name}: the xla rule returned {len(results)} results for {len(op.results)}; this is a bug in meshir", op.loc)
         for index, (value, array) in enumerate(zip(op.results, results)):
             env[value] = _checked(op, index, array, value.type)
     return [env[v] for v in function.returns]
+
+
+def _scope_name(op: Operation) -> str:
+    """`einsum:%h`: the op, and the values it defines when they have names."""
+    names = ",".join(f"%{v.name}" for v in op.results if v.name)
+    return f"{op.name}:{names}" if names else op.name
 
 
 def _apply(op: Operation, rule: Rule, view: OpView, operands: list[jax.Array]) -> Any:
