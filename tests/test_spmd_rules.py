@@ -128,3 +128,18 @@ func @f(%x: {dtype}[a=16, b=8]) -> {dtype}[a=16, b=8] attributes {{mesh = @m, la
     x = np.arange(128).reshape(16, 8) % 7 - 3
     local = simulate_and_compare(*partition(parse_module(text)), inputs={"x": x.astype(dtype.replace("f", "float").replace("i", "int"))})
     assert not any(op.name == "all_gather" and op.results[0].type.size_of("a") == 16 for op in local.ops)
+
+
+def test_stacked_partial_sums_are_reduced_once():
+    """autostack's gradients: a stack of partial sums stays pending, one all_reduce for the stack."""
+    text = """mesh @m = <rows=2, cols=4>
+func @f(%x: f32[n=8, i=4], %a: f32[n=8, o=3], %b: f32[n=8, o=3]) -> f32[s=2, i=4, o=3]
+    attributes {mesh = @m, layout = {n: cols}} {
+  %ga = einsum(%x, %a) {output = [i, o]}
+  %gb = einsum(%x, %b) {output = [i, o]}
+  %g = stack(%ga, %gb) {dim = s}
+  return %g
+}
+"""
+    local = check_text(text, None, None)
+    assert [op.operands[0].owner.name for op in local.ops if op.name == "all_reduce"] == ["stack"]

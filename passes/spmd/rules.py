@@ -199,6 +199,8 @@ LINEAR_RULES: dict[str, Rule] = {
     "neg": _linear_rule(lambda ops: _is_partial_sum(ops[0])),
     "mul": _linear_rule(lambda ops: sum(_is_partial_sum(s) for s in ops) == 1 and all(_is_partial_sum(s) or not s.partial for s in ops)),
     "div": _linear_rule(lambda ops: _is_partial_sum(ops[0]) and not ops[1].partial),
+    # autostack's gradients: one pending all_reduce for the stack, not one per member.
+    "stack": _linear_rule(lambda ops: all(_is_partial_sum(s) for s in ops)),
 }
 
 
