@@ -77,7 +77,7 @@ def _parse_str(text: str) -> str:
 _SCALAR_PARSERS: dict[Any, Callable[[str], Any]] = {int: _parse_int, float: _parse_float, bool: _parse_bool, str: _parse_str}
 
 
-def _split_top_level(text: str, separators: str) -> list[tuple[int, str]]:
+def split_top_level(text: str, separators: str) -> list[tuple[int, str]]:
     """Pieces of `text` between separators outside quotes and brackets, with their offsets."""
     pieces, depth, quote, start = [], 0, None, 0
     for i, ch in enumerate(text):
@@ -124,7 +124,7 @@ def _tuple_parser(element: Callable[[str], Any]) -> Callable[[str], tuple]:
     def parse(text: str) -> tuple:
         if text[:1] in "([" and _CLOSING[text[0]] == text[-1:]:
             inner = text[1:-1].strip()
-            return tuple(element(piece.strip()) for _, piece in _split_top_level(inner, ",")) if inner else ()
+            return tuple(element(piece.strip()) for _, piece in split_top_level(inner, ",")) if inner else ()
         return (element(text),)
 
     return parse
@@ -200,7 +200,7 @@ class _PipelineParser:
         values: dict[str, Any] = {}
         body = self.text[open_brace + 1:close]
         if body.strip():
-            for offset, item in _split_top_level(body, ","):
+            for offset, item in split_top_level(body, ","):
                 at = open_brace + 1 + offset
                 key, value, key_at, value_at = self.split_option(item, at)
                 spec = known.get(key)

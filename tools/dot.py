@@ -65,12 +65,12 @@ def pipeline_until(passes: str | None, after: str | None) -> str:
     text = passes if passes is not None else (DEFAULT_PIPELINE if after else "")
     if after is None:
         return text
-    from meshir.passes.pipeline import _split_top_level, parse_pipeline
+    from meshir.passes.pipeline import parse_pipeline, split_top_level
 
     names = [p.name for p in parse_pipeline(text)]
     if after not in names:
         raise FlagError(f"--after: pass '{after}' is not in the pipeline '{text}' (give the pipeline with --passes)")
-    pieces = [piece.strip() for _, piece in _split_top_level(text, ",") if piece.strip()]
+    pieces = [piece.strip() for _, piece in split_top_level(text, ",") if piece.strip()]
     return ",".join(pieces[:names.index(after) + 1])
 
 
