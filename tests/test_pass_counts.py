@@ -80,9 +80,9 @@ def test_fuse_collectives_leaves_one_gradient_all_reduce_per_bucket(data_paralle
     model = build_model()
     # Data-parallel, each device all-reduces every gradient whole, and a gradient has
     # its variable's type; the optimizer updates the variables, and so reduces their
-    # gradients, in declaration order. @embed's gradient is a scatter_add of
-    # all-gathered rows instead. The loss's partial sums are one more f32 all_reduce, last.
-    gradients = [v.type.nbytes for name, v in model.variables.items() if v.trainable and name != "embed"]
+    # gradients, in declaration order (@embed's too: each device scatters its own rows
+    # and the table is all-reduced). The loss's partial sums are one more f32 all_reduce, last.
+    gradients = [v.type.nbytes for v in model.variables.values() if v.trainable]
     sizes = gradients + [model.functions["loss"].result_types[0].nbytes]
     fused = compiled(PARTITIONED + f",fuse-collectives{{max-bytes={max_bytes}}}", "all:8", "batch:all")
     assert all_reduces(data_parallel_step) == len(sizes)

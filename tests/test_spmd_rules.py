@@ -143,3 +143,21 @@ func @f(%x: f32[n=8, i=4], %a: f32[n=8, o=3], %b: f32[n=8, o=3]) -> f32[s=2, i=4
 """
     local = check_text(text, None, None)
     assert [op.operands[0].owner.name for op in local.ops if op.name == "all_reduce"] == ["stack"]
+
+
+@pytest.mark.parametrize("base", ["zeros", "table"])
+def test_scatter_add_with_split_indices_reduces_the_table_not_the_updates(base):
+    """An embedding's gradient under data parallelism: each device scatters its own
+    batch rows; one all_reduce of the table, no gather of indices or updates."""
+    table = "%t" if base == "table" else "%z"
+    text = f"""mesh @m = <rows=2, cols=4>
+func @f(%t: f32[vocab=6, model=4], %idx: i32[batch=8, seq=2], %u: f32[batch=8, seq=2, model=4]) -> f32[vocab=6, model=4]
+    attributes {{mesh = @m, layout = {{batch: (rows, cols)}}}} {{
+  %z = zeros() {{shape = [vocab=6, model=4], dtype = f32}}
+  %g = scatter_add({table}, %idx, %u) {{dim = vocab}}
+  return %g
+}}
+"""
+    local = check_text(text, None, None)
+    assert "all_gather" not in ops_of(local)
+    assert [op.operands[0].type.shape for op in local.ops if op.name == "all_reduce"] == [(6, 4)]

@@ -11,7 +11,7 @@ from meshir.mesh import ValueLayout
 from meshir.types import Dim
 
 from .rules import LowerContext, Rule, generic_rule
-from .sharded import Sharded
+from .sharded import Sharded, relayout
 
 
 def block_offset(ctx: LowerContext, axes: tuple[str, ...], block: int, dtype) -> Value:
@@ -70,14 +70,16 @@ def gather_rule(ctx: LowerContext, op: Operation, operands: list[Sharded]) -> li
 
 
 def scatter_add_rule(ctx: LowerContext, op: Operation, operands: list[Sharded]) -> list[Sharded]:
-    """Each device adds only the updates that land in its block of rows."""
+    """Each device adds only the updates that land in its block of rows; with the
+    rows whole and the indices split (an embedding's gradient under data
+    parallelism), each device scatters its own updates and the sum stays pending."""
     (table, indices, updates), (result,) = operands, op.results
     dim = op.attr("dim")
     layout = ctx.layout(result)
     by_dim = dict(zip(result.type.names, layout.axes))
     axes = by_dim[dim]
     if not axes:
-        return generic_rule(ctx, op, operands)
+        return _scatter_split_updates(ctx, op, operands) or generic_rule(ctx, op, operands)
     local_table = ctx.want(table, layout)
     # Every device needs every update, since any of them may land in its rows.
     local_indices = ctx.want(indices, ValueLayout(tuple(() for _ in indices.names)))
@@ -86,6 +88,30 @@ def scatter_add_rule(ctx: LowerContext, op: Operation, operands: list[Sharded]) 
     shifted = ctx.emit("sub", [local_indices, block_offset(ctx, axes, block, indices.global_type.dtype)], {})[0]
     value = ctx.emit("scatter_add", [local_table, shifted, local_updates], dict(op.attributes), result.name)[0]
     return [Sharded(value, layout, result.type)]
+
+
+def _scatter_split_updates(ctx: LowerContext, op: Operation, operands: list[Sharded]) -> list[Sharded] | None:
+    """Scatter with the indices (and so the updates) split over mesh axes the result
+    does not use: a partial sum over those axes, all-reduced once where needed
+    (the table's size), instead of gathering every update to every device."""
+    (table, indices, updates), (result,) = operands, op.results
+    layout = ctx.layout(result)
+    by_dim = dict(zip(result.type.names, layout.axes))
+    by_index_dim = dict(zip(indices.names, indices.layout.axes))
+    split = ctx.mesh_order({a for axes in indices.layout.axes for a in axes})
+    used = {a for axes in layout.axes for a in axes}
+    if not split or used & set(split) or indices.partial:
+        return None
+    local_updates = ctx.want(updates, ValueLayout(tuple(by_index_dim.get(n, by_dim.get(n, ())) for n in updates.names)))
+    local_type = layout.local_type(result.type, ctx.mesh)
+    zeros = ctx.emit("zeros", [], {"shape": local_type.dims, "dtype": local_type.dtype})[0]
+    scattered = ctx.emit("scatter_add", [zeros, indices.value, local_updates], dict(op.attributes), result.name)[0]
+    pending = Sharded(scattered, layout, result.type, split)
+    base = ctx.want(table, layout)
+    if base.owner is not None and base.owner.name == "zeros":
+        return [pending]
+    total = relayout(ctx.builder, pending, layout).value
+    return [Sharded(ctx.emit("add", [base, total], {}, result.name)[0], layout, result.type)]
 
 
 def iota_rule(ctx: LowerContext, op: Operation, operands: list[Sharded]) -> list[Sharded]:
