@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.training import recorded_training
 from meshir.diagnostics import MeshirError
 from meshir.frontends.text import parse_module
 from meshir.interpreter import Interpreter, random_inputs
@@ -28,7 +29,7 @@ from meshir.passes.autostack import checkpoint_entries
 from meshir.passes.base import module_statistics
 from meshir.passes.pipeline import PassManager, parse_pipeline
 from meshir.printer import print_module
-from meshir.tools import checkpoint, run
+from meshir.tools import checkpoint
 from meshir.tools.common import apply_overrides
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,7 +38,6 @@ LM = str(EXAMPLES / "transformer_lm.mir")
 PLAIN = "autodiff{func=loss},optimizer{kind=adam,lr=0.001},layout,spmd"
 STACKED = "autostack," + PLAIN
 STEPS = 20
-TRAIN_LOOP = run.train_loop
 
 
 def passed(text: str, pipeline: str) -> Module:
@@ -187,41 +187,11 @@ def patterns(tmp_path_factory) -> str:
     return str(path)
 
 
-class Recorder:
-    """The real runner, recording the loss of every train step."""
-
-    def __init__(self, runner, entry: str):
-        self.runner, self.entry, self.losses = runner, entry, []
-
-    def __call__(self, name, inputs):
-        outputs = self.runner(name, inputs)
-        if name == self.entry:
-            self.losses.append(float(next(iter(outputs.values()))))
-        return outputs
-
-    def state(self):
-        return self.runner.state()
-
-    def load_state(self, values):
-        self.runner.load_state(values)
-
-
 def train(data: str, pipeline: str, steps: int, *flags: str, backend: str = "xla") -> list[float]:
-    """The losses of the steps `meshir-run --train` runs, recorded around its training
-    loop (as tests/test_checkpoint.py does; module-scoped fixtures cannot take
-    pytest's monkeypatch, hence the explicit context)."""
-    recorders: list[Recorder] = []
-
-    def recording_loop(runner, module, entry, eval_name, dataset, *args):
-        recorders.append(Recorder(runner, entry))
-        return TRAIN_LOOP(recorders[-1], module, entry, None, dataset, *args)
-
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.setattr(run, "train_loop", recording_loop)
-        argv = [LM, "--train", "--data", data, "--backend", backend, "--devices", "8", "--steps", str(steps),
-                "--passes", pipeline, *flags]
-        assert run.main(argv) == 0
-    return recorders[0].losses
+    """The losses of the steps `meshir-run --train` runs."""
+    argv = [LM, "--train", "--data", data, "--backend", backend, "--devices", "8", "--steps", str(steps),
+            "--passes", pipeline, *flags]
+    return recorded_training(argv).losses
 
 
 @pytest.fixture(scope="module")

@@ -15,50 +15,22 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from tests.training import Recorder, recorded_training
 from meshir.frontends.text import parse_module
 from meshir.interpreter import Interpreter
 from meshir.tools import checkpoint, run
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 DIGITS = str(EXAMPLES / "digits_mlp.mir")
-TRAIN_LOOP = run.train_loop
 MESH_2X4 = ["--mesh", "rows:2,cols:4", "--layout", "batch:rows,hidden:cols"]
 MESH_2X2 = ["--mesh", "rows:2,cols:2", "--layout", "batch:rows,hidden:cols"]
 ONE_DEVICE = ["--mesh", "x:1", "--layout", "batch:x"]
 
 
-class Recorder:
-    """The real runner, recording every train step's loss; kept after the run to
-    read the variables it ended with."""
-
-    def __init__(self, runner, entry: str):
-        self.runner, self.entry, self.losses = runner, entry, []
-
-    def __call__(self, name, inputs):
-        outputs = self.runner(name, inputs)
-        if name == self.entry:
-            self.losses.append(float(next(iter(outputs.values()))))
-        return outputs
-
-    def state(self):
-        return self.runner.state()
-
-    def load_state(self, values):
-        self.runner.load_state(values)
-
-
 def train(monkeypatch, model: str, digits: str, steps: int, *flags: str, backend: str = "xla") -> Recorder:
-    recorders = []
-
-    def recording_loop(runner, module, entry, *args):
-        recorders.append(Recorder(runner, entry))
-        return TRAIN_LOOP(recorders[-1], module, entry, *args)
-
-    monkeypatch.setattr(run, "train_loop", recording_loop)
     argv = [model, "--train", "--data", digits, "--backend", backend, "--devices", "8", "--steps", str(steps),
             "--lr", "0.01", *flags]
-    assert run.main(argv) == 0
-    return recorders[0]
+    return recorded_training(argv, evaluate=True)
 
 
 @pytest.fixture(scope="module")

@@ -12,15 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.training import recorded_training
 from meshir.frontends.text import parse_module
 from meshir.printer import print_module
-from meshir.tools import run
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "examples" / "deep_transformer.py"
 LAYERS = 2  # enough to repeat a layer; small enough to train in seconds
 STEPS = 3
-TRAIN_LOOP = run.train_loop
 
 
 def load_example():
@@ -65,21 +64,9 @@ def test_every_layer_has_its_own_variables():
 
 def loss_curve(model: Path, data: str, monkeypatch: pytest.MonkeyPatch, mesh: str, layout: str) -> list[float]:
     """The loss of every step, recorded around the real training loop."""
-    losses: list[float] = []
-
-    def recording_loop(run_function, module, entry, eval_name, dataset, *args):
-        def recording(name, inputs):
-            outputs = run_function(name, inputs)
-            if name == entry:
-                losses.append(float(next(iter(outputs.values()))))
-            return outputs
-        return TRAIN_LOOP(recording, module, entry, None, dataset, *args)
-
-    monkeypatch.setattr(run, "train_loop", recording_loop)
     argv = [str(model), "--train", "--data", data, "--backend", "xla", "--devices", "8", "--steps", str(STEPS),
             "--lr", "0.003", "--mesh", mesh, "--layout", layout]
-    assert run.main(argv) == 0
-    return losses
+    return recorded_training(argv).losses
 
 
 def test_losses_on_the_2x4_mesh_equal_one_device(printed, patterns, monkeypatch, capsys):

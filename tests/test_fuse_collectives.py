@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.training import recorded_training
 from meshir.backends.xla import compile_local
 from meshir.frontends.text import parse_module
 from meshir.interpreter import Interpreter, shard, storage_layouts
@@ -17,7 +18,7 @@ from meshir.ir import Function, Module
 from meshir.passes.base import module_statistics
 from meshir.passes.pipeline import PassManager, parse_pipeline
 from meshir.printer import print_module
-from meshir.tools import opt, run
+from meshir.tools import opt
 from meshir.tools.common import load_module
 from meshir.types import TensorType
 
@@ -27,7 +28,6 @@ SGD_STEP = "autodiff{func=loss},optimizer{kind=sgd,lr=0.1},layout,spmd"
 ADAM_STEP = "autodiff{func=loss},optimizer{kind=adam,lr=0.01},layout,spmd"
 DATA_PARALLEL = ("all:8", "batch:all")
 MIXED = ("rows:2,cols:4", "batch:rows,hidden:cols")
-TRAIN_LOOP = run.train_loop
 
 # id -> (example, pipeline up to spmd, mesh, layout); every mesh has 8 devices.
 PROGRAMS = {
@@ -230,20 +230,9 @@ def digits(tmp_path_factory) -> str:
 
 def losses(digits: str, capsys, monkeypatch, passes: str, mesh: str, layout: str) -> list[float]:
     """The loss of each of 20 training steps on XLA, recorded around the real training loop."""
-    recorded = []
-
-    def recording_loop(run_function, module, entry, eval_name, dataset, *args):
-        def recording(name, inputs):
-            outputs = run_function(name, inputs)
-            if name == entry:
-                recorded.append(float(next(iter(outputs.values()))))
-            return outputs
-        return TRAIN_LOOP(recording, module, entry, None, dataset, *args)
-
-    monkeypatch.setattr(run, "train_loop", recording_loop)
     argv = [DIGITS, "--train", "--data", digits, "--backend", "xla", "--devices", "8", "--steps", "20",
             "--mesh", mesh, "--layout", layout, "--passes", passes]
-    assert run.main(argv) == 0
+    recorded = recorded_training(argv).losses
     capsys.readouterr()
     return recorded
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.training import recorded_training
 from meshir.frontends.text import parse_module
 from meshir.interpreter import Interpreter, shard
 from meshir.ir import Function, Module
@@ -20,7 +21,6 @@ from meshir.passes.base import COLLECTIVE_BYTES
 from meshir.passes.layout import without_trivial_axes
 from meshir.passes.pipeline import PassManager, parse_pipeline
 from meshir.printer import print_module
-from meshir.tools import run
 from meshir.tools.train import resize_dimension
 
 from .spmd_check import check_text
@@ -28,7 +28,6 @@ from .spmd_check import check_text
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 MLP = str(EXAMPLES / "mnist_mlp.mir")
 CNN = str(EXAMPLES / "mnist_cnn.mir")
-TRAIN_LOOP = run.train_loop
 TRAIN_STEP = "autodiff{func=loss},optimizer{kind=adam,lr=0.001},layout,spmd"
 CHANCE = 0.1
 
@@ -51,19 +50,8 @@ def test_mnist_like_has_mnist_npz_keys_and_formats(mnist_like):
 def train(model: str, data: str, capsys, monkeypatch, flags: list[str], steps: int, evaluate: bool = True) -> tuple[list[float], dict]:
     """`meshir-run MODEL --train` on 8 devices: the loss of every step, recorded
     around the real training loop, and the final metrics line."""
-    losses = []
-
-    def recording_loop(run_function, module, entry, eval_name, dataset, *args):
-        def recording(name, inputs):
-            outputs = run_function(name, inputs)
-            if name == entry:
-                losses.append(float(next(iter(outputs.values()))))
-            return outputs
-        return TRAIN_LOOP(recording, module, entry, eval_name if evaluate else None, dataset, *args)
-
-    monkeypatch.setattr(run, "train_loop", recording_loop)
     argv = [model, "--train", "--data", data, "--backend", "xla", "--devices", "8", "--steps", str(steps), "--lr", "0.001", *flags]
-    assert run.main(argv) == 0
+    losses = recorded_training(argv, evaluate).losses
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     return losses, metrics
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.training import recorded_training
 from meshir.tools import run
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 DIGITS = str(EXAMPLES / "digits_mlp.mir")
-TRAIN_LOOP = run.train_loop
 
 
 @pytest.fixture(scope="module")
@@ -39,21 +39,9 @@ def test_digits_reach_95_percent_on_8_devices_data_and_model_parallel(digits, ca
 
 def loss_curve(digits: str, capsys, monkeypatch, backend: str, mesh: str, layout: str, steps: int = 20) -> list[float]:
     """The loss of every step, recorded around the real training loop."""
-    losses = []
-    original = TRAIN_LOOP
-
-    def recording_loop(run_function, module, entry, eval_name, dataset, *args):
-        def recording(name, inputs):
-            outputs = run_function(name, inputs)
-            if name == entry:
-                losses.append(float(next(iter(outputs.values()))))
-            return outputs
-        return original(recording, module, entry, None, dataset, *args)
-
-    monkeypatch.setattr(run, "train_loop", recording_loop)
     argv = [DIGITS, "--train", "--data", digits, "--backend", backend, "--steps", str(steps), "--lr", "0.01",
             "--mesh", mesh, "--layout", layout, "--devices", "8"]
-    assert run.main(argv) == 0
+    losses = recorded_training(argv).losses
     capsys.readouterr()
     return losses
 

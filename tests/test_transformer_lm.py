@@ -10,12 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from meshir.tools import run
+from tests.training import recorded_training
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = str(REPO / "examples" / "transformer_lm.mir")
 STEPS = 5
-TRAIN_LOOP = run.train_loop
 
 
 @pytest.fixture(scope="module")
@@ -27,22 +26,10 @@ def patterns(tmp_path_factory) -> str:
 
 
 def loss_curve(data: str, monkeypatch: pytest.MonkeyPatch, mesh: str, layout: str) -> list[float]:
-    """The loss of every step, recorded around the real training loop (as tests/test_train.py)."""
-    losses: list[float] = []
-
-    def recording_loop(run_function, module, entry, eval_name, dataset, *args):
-        def recording(name, inputs):
-            outputs = run_function(name, inputs)
-            if name == entry:
-                losses.append(float(next(iter(outputs.values()))))
-            return outputs
-        return TRAIN_LOOP(recording, module, entry, None, dataset, *args)
-
-    monkeypatch.setattr(run, "train_loop", recording_loop)
+    """The loss of every step, recorded around the real training loop."""
     argv = [MODEL, "--train", "--data", data, "--backend", "xla", "--devices", "8", "--steps", str(STEPS),
             "--lr", "0.003", "--mesh", mesh, "--layout", layout]
-    assert run.main(argv) == 0
-    return losses
+    return recorded_training(argv).losses
 
 
 @pytest.fixture(scope="module")
