@@ -18,6 +18,10 @@ what a compiler such as XLA allocates (tests/test_estimate.py compares the two):
 - an elementwise value (or a broadcast or constant) whose only user is
   elementwise, a reduction, a broadcast or an `assign` is fused into that user:
   never stored, its operands stay live until the user runs;
+- a `cast` is fused so into every one of its users when each is such a user or
+  a normalization (layer_norm, softmax, ...): a conversion is cheap enough that
+  a backend computes it again in each (XLA's fusion duplicates it), so a
+  mixed-precision step keeps a bf16 value but not also its f32 form;
 - a value that an `assign` stores is computed straight into the variable's
   buffer when nothing reads the variable's old value later (a train step
   updates in place, as meshir-run's donated step does);
@@ -55,6 +59,17 @@ through a `reshape` count as other users. Only values computed from the
 function's arguments get copies: a variable, or a slice of stacked variables,
 is read by every contraction from its one buffer (XLA's buffer assignment for the
 transformer train step keeps one buffer per weight).
+
+Intermediates kept for the backward part. Gradient rules derive the backward
+part from an op's inputs: layer_norm's gradient normalizes x again, gelu's
+computes erf (or tanh) of x again, softmax_cross_entropy's takes the softmax of
+the logits. A backend that merges equal expressions finds that value inside the
+forward op's own computation and keeps it from the forward part, while its
+backward fusions still read x (XLA's buffer assignment for the transformer train
+step keeps, per layer norm, both x and its normalized form). So for each such
+forward op whose input the backward part reads, the estimate keeps
+RECOMPUTED_INTERMEDIATES[op] buffers of that input's size, from the op to the
+last backward op that reads the input.
 
 Kinds of memory: parameters (trainable variables), optimizer slots (`@w.m`,
 `@w.v`, `@w.momentum`, `@w.row`, `@w.col`, `@step`), other variables (state such as
@@ -108,6 +123,16 @@ Layout = tuple[frozenset[int], ...]
 # the fused value is computed inside its user's loop and never stored.
 FUSIBLE_PRODUCERS = frozenset({"broadcast", "constant", "zeros", "ones", "full", "iota"})
 FUSING_CONSUMERS = frozenset({"broadcast", "assign", "assign_add"})
+# Conversions are cheap enough that a backend recomputes them inside each of their
+# users, when all of those are fusing consumers or the normalizations (loops over
+# their input as well): a mixed-precision step keeps x, not also its f32 copy.
+CONVERSIONS = frozenset({"cast"})
+NORMALIZATIONS = frozenset({"layer_norm", "softmax", "log_softmax", "logsumexp", "softmax_cross_entropy"})
+# How many values the size of its first operand an op's forward computation makes
+# that its gradient rule computes again, and a merging backend keeps instead (see
+# the module doc): layer_norm's normalized input, gelu's erf (or tanh),
+# softmax_cross_entropy's log-softmax.
+RECOMPUTED_INTERMEDIATES = {"layer_norm": 1, "gelu": 1, "softmax_cross_entropy": 1}
 # FLOPs per element of the first operand for reductions that do more than one
 # operation per element (a max, a subtraction, an exponential, a sum, a division...).
 FLOPS_PER_ELEMENT = {"softmax": 5, "log_softmax": 5, "logsumexp": 4, "softmax_cross_entropy": 6, "layer_norm": 8}
@@ -294,16 +319,20 @@ def _split_layouts(buffer: _Buffer, uses: list[tuple[int, Layout | None]], end: 
 
 def _execution_positions(function: Function) -> dict[Operation, int]:
     """Where each op's work happens: its own index, or, for an op fused into its
-    only user, that user's position (see the module doc)."""
+    users (its only user, or every user of a conversion), the last one's position
+    (see the module doc)."""
     users = function.users()
     returned = set(function.returns)
     runs_at: dict[Operation, int] = {}
     for index in range(len(function.ops) - 1, -1, -1):
         op = function.ops[index]
-        only_user = users.get(op.results[0], []) if len(op.results) == 1 else []
-        fused = (_fusible_producer(op) and len(only_user) == 1 and _fusing_consumer(only_user[0])
-                 and op.results[0] not in returned)
-        runs_at[op] = runs_at[only_user[0]] if fused else index
+        readers = users.get(op.results[0], []) if len(op.results) == 1 else []
+        if op.name in CONVERSIONS:
+            fused = bool(readers) and all(_fusing_consumer(u) or u.name in NORMALIZATIONS for u in readers)
+        else:
+            fused = _fusible_producer(op) and len(readers) == 1 and _fusing_consumer(readers[0])
+        fused = fused and op.results[0] not in returned
+        runs_at[op] = max(runs_at[u] for u in readers) if fused else index
     return runs_at
 
 
@@ -377,6 +406,24 @@ def _buffers(function: Function, stored: dict[str, TensorType]) -> list[_Buffer]
     return buffers + copies
 
 
+def _kept_intermediates(function: Function, backward: int | None) -> list[_Buffer]:
+    """The forward intermediates that the backward part computes again and a
+    merging backend keeps instead (RECOMPUTED_INTERMEDIATES): each lives from its
+    forward op to the last backward op that reads that op's input."""
+    if backward is None:
+        return []
+    runs_at = _execution_positions(function)
+    users = function.users()
+    kept = []
+    for op in function.ops[:backward]:
+        count = RECOMPUTED_INTERMEDIATES.get(op.name, 0)
+        source = op.operands[0] if op.operands else None
+        last = max((runs_at[user] for user in users.get(source, []) if runs_at[user] >= backward), default=None)
+        if count and last is not None:
+            kept += [_Buffer(source, runs_at[op], last, copy=True) for _ in range(count)]
+    return kept
+
+
 def _buffer_kind(buffer: _Buffer, gradients: set[Value], backward: int | None) -> str:
     if any(v in gradients for v in buffer.views):
         return "gradients"
@@ -402,7 +449,7 @@ def estimate_memory(module: Module, function: Function, mesh: Mesh | None) -> Me
     resident["inputs"] = sum(a.type.nbytes for a in function.args)
     gradients = gradient_values(module, function)
     backward = backward_start(function, gradients)
-    buffers = _buffers(function, stored)
+    buffers = _buffers(function, stored) + _kept_intermediates(function, backward)
     kinds = [_buffer_kind(b, set(gradients), backward) for b in buffers]
 
     live_change = [0] * (len(function.ops) + 2)

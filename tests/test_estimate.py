@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from meshir.frontends.text import parse_module
+from meshir.passes import estimate as estimate_pass
 from meshir.passes.estimate import FunctionEstimate, estimate_function
 from meshir.passes.pipeline import PassManager, parse_pipeline
 from meshir.printer import print_module
@@ -81,6 +82,17 @@ def test_the_transformer_keeps_its_layer_activations_for_the_backward_part():
     assert memory.peak == sum(memory.at_peak.values())
 
 
+def test_the_intermediates_the_backward_computes_again_are_kept_from_the_forward(monkeypatch):
+    kept = estimate("transformer_lm.mir", TRAIN).memory
+    monkeypatch.setattr(estimate_pass, "RECOMPUTED_INTERMEDIATES", {})
+    recomputed = estimate("transformer_lm.mir", TRAIN).memory
+    activation = F32 * (32 // 2) * 32 * 64  # [batch, seq, model] or [batch, seq, hidden / 4]
+    logits = F32 * (32 // 2) * 32 * 128
+    # Five layer norms' normalized inputs, two GELUs' erf and the loss's log-softmax.
+    assert kept.saved_activations - recomputed.saved_activations == 5 * activation + 2 * activation + logits
+    assert kept.at_peak["saved_activations"] == kept.saved_activations
+
+
 def test_data_parallel_bytes_per_axis_are_the_ring_all_reduce_of_the_gradients():
     result = estimate("digits_mlp.mir", TRAIN, mesh="all:8", layout="batch:all")
     gradients = F32 * (64 * 128 + 128 + 128 * 10 + 10)
@@ -137,31 +149,32 @@ def xla_figures(module, entry: str) -> tuple[dict[str, int], dict]:
 
 
 # estimate / XLA, measured here (jax 0.10.2, CPU): mlp 1.03 and 1.00 (train),
-# digits 1.12 (@accuracy) and 0.97 (train), transformer 1.00 and 0.83 (train,
-# data-parallel). The transformer's train step on its own 2x4 layout is 0.73
-# (0.71 before the estimate counted layout copies, see passes/estimate.py). What
-# it still misses is not layout: XLA's CSE merges the backward part's
-# recomputations with the forward part's, so it keeps each layer norm's
-# normalized input and each GELU's erf from the forward part (about 0.9 MiB per
-# device) where autodiff's backward recomputes them from the saved input; its
-# loss head keeps the unfused cross-entropy products (0.25 MiB); and jax's
-# einsum makes `q` the left operand of the `d_k` dot, so `q` takes a copy that
-# the canonical operand order does not need.
-@pytest.mark.parametrize("example,pipeline,entry,mesh,layout,low", [
-    ("mlp.mir", INFER, "loss", None, None, 0.75),
-    ("mlp.mir", TRAIN, "loss", None, None, 0.75),
-    ("digits_mlp.mir", INFER, "accuracy", None, None, 0.75),
-    ("digits_mlp.mir", TRAIN, "loss", None, None, 0.75),
-    ("transformer_lm.mir", INFER, "loss", None, None, 0.75),
-    ("transformer_lm.mir", TRAIN, "loss", "all:8", "batch:all", 0.75),
-    ("transformer_lm.mir", TRAIN, "loss", None, None, 0.65),
-], ids=["mlp", "mlp-train", "digits", "digits-train", "transformer", "transformer-train-dp", "transformer-train"])
-def test_peak_memory_and_flops_are_near_xlas_own_figures(example, pipeline, entry, mesh, layout, low):
+# digits 1.12 (@accuracy) and 0.97 (train), transformer 1.00 (inference), 0.97
+# (train, data-parallel), 0.97 (train on its own 2x4 layout) and 1.03 (the same
+# with bf16 activations). Before the estimate kept the intermediates that XLA's
+# CSE shares between the forward and backward parts (layer norms' normalized
+# inputs, GELU's erf, the cross-entropy's log-softmax) the two f32 train steps
+# were 0.83 and 0.73; before it fused casts into all their users, the bf16 one
+# was 1.16.
+@pytest.mark.parametrize("example,pipeline,entry,mesh,layout", [
+    ("mlp.mir", INFER, "loss", None, None),
+    ("mlp.mir", TRAIN, "loss", None, None),
+    ("digits_mlp.mir", INFER, "accuracy", None, None),
+    ("digits_mlp.mir", TRAIN, "loss", None, None),
+    ("transformer_lm.mir", INFER, "loss", None, None),
+    ("transformer_lm.mir", TRAIN, "loss", "all:8", "batch:all"),
+    ("transformer_lm.mir", TRAIN, "loss", None, None),
+    ("transformer_lm.mir", "mixed-precision{activation=bf16}," + TRAIN, "loss", None, None),
+], ids=["mlp", "mlp-train", "digits", "digits-train", "transformer", "transformer-train-dp", "transformer-train",
+        "transformer-train-bf16"])
+def test_peak_memory_and_flops_are_near_xlas_own_figures(example, pipeline, entry, mesh, layout):
     module = local_module(example, pipeline, mesh, layout)
     result = estimate_function(module, module.functions[entry])
     memory, costs = xla_figures(module, entry)
-    assert low <= result.memory.peak / memory["peak"] <= 1.25
-    assert result.flops == pytest.approx(costs["flops"], rel=0.05)
+    assert 0.75 <= result.memory.peak / memory["peak"] <= 1.25
+    # With bf16 activations XLA's CPU compiler widens the program (it has no bf16
+    # dot kernel) and its count is 6% above the program's own.
+    assert result.flops == pytest.approx(costs["flops"], rel=0.08 if "mixed-precision" in pipeline else 0.05)
 
 
 # A value that two contractions read in different layouts is stored twice: %y

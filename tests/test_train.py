@@ -37,7 +37,7 @@ def test_digits_reach_95_percent_on_8_devices_data_and_model_parallel(digits, ca
     assert "step 300/300" in captured.err and "examples/s" in captured.err
 
 
-def loss_curve(digits: str, capsys, monkeypatch, backend: str, mesh: str, layout: str, steps: int = 20) -> list[float]:
+def loss_curve(digits: str, capsys, backend: str, mesh: str, layout: str, steps: int = 20) -> list[float]:
     """The loss of every step, recorded around the real training loop."""
     argv = [DIGITS, "--train", "--data", digits, "--backend", backend, "--steps", str(steps), "--lr", "0.01",
             "--mesh", mesh, "--layout", layout, "--devices", "8"]
@@ -48,16 +48,16 @@ def loss_curve(digits: str, capsys, monkeypatch, backend: str, mesh: str, layout
 
 @pytest.mark.parametrize("mesh,layout", [("rows:8", "batch:rows"), ("cols:8", "hidden:cols"), ("rows:2,cols:4", "batch:rows,hidden:cols")],
                          ids=["data-parallel", "model-parallel", "both"])
-def test_loss_curves_equal_one_device(digits, capsys, monkeypatch, mesh, layout):
-    one = loss_curve(digits, capsys, monkeypatch, "xla", "x:1", "batch:x")
-    split = loss_curve(digits, capsys, monkeypatch, "xla", mesh, layout)
+def test_loss_curves_equal_one_device(digits, capsys, mesh, layout):
+    one = loss_curve(digits, capsys, "xla", "x:1", "batch:x")
+    split = loss_curve(digits, capsys, "xla", mesh, layout)
     assert len(one) == len(split) == 20 and one[-1] < one[0]
     np.testing.assert_allclose(split, one, rtol=2e-4, atol=2e-5)
 
 
-def test_reference_backend_trains_the_same_steps(digits, capsys, monkeypatch):
-    reference = loss_curve(digits, capsys, monkeypatch, "reference", "rows:2,cols:4", "batch:rows,hidden:cols", steps=5)
-    xla = loss_curve(digits, capsys, monkeypatch, "xla", "rows:2,cols:4", "batch:rows,hidden:cols", steps=5)
+def test_reference_backend_trains_the_same_steps(digits, capsys):
+    reference = loss_curve(digits, capsys, "reference", "rows:2,cols:4", "batch:rows,hidden:cols", steps=5)
+    xla = loss_curve(digits, capsys, "xla", "rows:2,cols:4", "batch:rows,hidden:cols", steps=5)
     np.testing.assert_allclose(xla, reference, rtol=2e-4, atol=2e-5)
 
 

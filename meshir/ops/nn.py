@@ -553,10 +553,11 @@ def _layer_norm_gradient(e: Emitter, op: Operation, cotangents: Cotangents) -> C
     h = g * scale; d scale = sum(g * xhat), d bias = sum(g), over what they lack."""
     (g,), (x, *params) = cotangents, op.operands
     dims, epsilon = op.attr("dims"), op.attr("epsilon")
-    xhat = e.emit("layer_norm", x, dims=dims, epsilon=epsilon)
+    # xhat from the mean and rstd that dx needs anyway, not by normalizing x a second time.
     centered = e.emit("sub", x, e.emit("reduce_mean", x, dims=dims))
     variance = e.emit("reduce_mean", e.emit("square", centered), dims=dims)
     rstd = e.emit("rsqrt", e.emit("add", variance, scalar(e, epsilon, x)))
+    xhat = e.emit("mul", centered, rstd)
     h = e.emit("mul", g, params[0]) if params else g
     mean_h = e.emit("reduce_mean", h, dims=dims)
     mean_hx = e.emit("reduce_mean", e.emit("mul", h, xhat), dims=dims)
