@@ -3,7 +3,10 @@ halo exchange, split vocabularies, split softmax, lazy partial sums."""
 import numpy as np
 import pytest
 
-from .spmd_check import check_text
+from meshir.frontends.text import parse_module
+from meshir.passes.pipeline import PassManager, parse_pipeline
+
+from .spmd_check import check_text, partition, simulate_and_compare
 
 
 def ops_of(local) -> list[str]:
@@ -161,3 +164,32 @@ func @f(%t: f32[vocab=6, model=4], %idx: i32[batch=8, seq=2], %u: f32[batch=8, s
     local = check_text(text, None, None)
     assert "all_gather" not in ops_of(local)
     assert [op.operands[0].type.shape for op in local.ops if op.name == "all_reduce"] == [(6, 4)]
+
+
+@pytest.mark.parametrize("window,strides,padding,permutes", [
+    ("[2, 2]", "[2, 2]", "valid", 0),  # every tap inside its own block: no halo at all
+    # Window rows -1, 0, 1 around each even row: only row -1 is a stride back; its
+    # three taps each exchange a halo for the view, its padding mask and the transpose.
+    ("[3, 3]", "[2, 2]", "same", 9),
+], ids=["aligned", "overlapping"])
+def test_max_pool_gradient_over_a_split_dim_takes_its_phases_in_place(window, strides, padding, permutes):
+    """A strided window's gradient cuts the dimension into (dim / stride, phase) and
+    picks a tap's phase, shifting only by whole strides: with blocks of whole
+    strides a tap inside the first stride reads and writes its own rows. (The
+    forward pool of overlapping windows still gathers its input's rows.)"""
+    text = f"""mesh @m = <rows=2, cols=4>
+var @x : f32[batch=2, h=16, w=8, c=3] = normal(stddev=1.0, seed=3)
+func @loss(%t: f32[batch=2, h=8, w=4, c=3]) -> f32[] attributes {{mesh = @m, layout = {{h: cols, batch: rows}}}} {{
+  %x = read @x
+  %p = max_pool(%x) {{spatial = [h, w], window = {window}, strides = {strides}, padding = {padding}}}
+  %pt = mul(%p, %t)
+  %l = reduce_sum(%pt) {{dims = [batch, h, w, c]}}
+  return %l
+}}
+"""
+    module = parse_module(text)
+    PassManager(parse_pipeline("autodiff{func=loss}")).run(module)
+    local = simulate_and_compare(*partition(module))
+    backward = local.ops[next(i for i, op in enumerate(local.ops) if op.name == "max_pool") + 1:]
+    assert sum(op.name == "collective_permute" for op in backward) == permutes
+    assert not any(op.name in ("all_gather", "all_to_all") for op in backward)

@@ -71,29 +71,47 @@ def _with_phase(value: Value, dim: str, out: int, phase: str, phases: int) -> tu
     return tuple(dims)
 
 
+def _shift_and_phase(w: Window, tap: int) -> tuple[int, int]:
+    """Input element i * stride + tap * dilation - low as (i + blocks) * stride + phase:
+    the shift by whole strides and the phase a strided view takes. A tap inside
+    the first stride needs no shift, so a dimension split in blocks of whole
+    strides is viewed without moving data between devices."""
+    blocks, phase = divmod(-w.offset(tap), w.stride)
+    return -blocks * w.stride, phase
+
+
 def view(e: Emitter, value: Value, w: Window, tap: int) -> Value:
     """Output-sized view of `value` along `w.dim`: element i is value[i * stride + tap * dilation - low]."""
-    if w.offset(tap):
-        value = e.emit("shift", value, dim=w.dim, offset=w.offset(tap))
-    value = _resize(e, value, w.dim, w.out * w.stride)
+    shift, phase = _shift_and_phase(w, tap)
+    # Cut or pad to the strided length on the side that keeps every element read:
+    # after a shift toward the end, before one toward the start.
+    if shift > 0:
+        value = e.emit("shift", _resize(e, value, w.dim, w.out * w.stride), dim=w.dim, offset=shift)
+    else:
+        if shift:
+            value = e.emit("shift", value, dim=w.dim, offset=shift)
+        value = _resize(e, value, w.dim, w.out * w.stride)
     if w.stride == 1:
         return value
-    phase = fresh_dim(f"{w.dim}_phase", value.type)
-    split = e.emit("reshape", value, shape=_with_phase(value, w.dim, w.out, phase, w.stride))
-    first = e.emit("slice", split, dim=phase, begin=0, size=1)
-    return e.emit("reshape", first, shape=value.type.resized(w.dim, w.out).dims)
+    phase_dim = fresh_dim(f"{w.dim}_phase", value.type)
+    split = e.emit("reshape", value, shape=_with_phase(value, w.dim, w.out, phase_dim, w.stride))
+    taken = e.emit("slice", split, dim=phase_dim, begin=phase, size=1)
+    return e.emit("reshape", taken, shape=value.type.resized(w.dim, w.out).dims)
 
 
 def view_transpose(e: Emitter, value: Value, w: Window, tap: int) -> Value:
     """The transpose of `view`: an input-sized value, zero where no output reads."""
+    shift, phase = _shift_and_phase(w, tap)
     if w.stride > 1:
-        phase = fresh_dim(f"{w.dim}_phase", value.type)
-        split = e.emit("reshape", value, shape=_with_phase(value, w.dim, w.out, phase, 1))
-        spread = e.emit("pad", split, dim=phase, low=0, high=w.stride - 1)
+        phase_dim = fresh_dim(f"{w.dim}_phase", value.type)
+        split = e.emit("reshape", value, shape=_with_phase(value, w.dim, w.out, phase_dim, 1))
+        spread = e.emit("pad", split, dim=phase_dim, low=phase, high=w.stride - 1 - phase)
         value = e.emit("reshape", spread, shape=value.type.resized(w.dim, w.out * w.stride).dims)
+    if shift > 0:
+        return _resize(e, e.emit("shift", value, dim=w.dim, offset=-shift), w.dim, w.size)
     value = _resize(e, value, w.dim, w.size)
-    if w.offset(tap):
-        value = e.emit("shift", value, dim=w.dim, offset=-w.offset(tap))
+    if shift:
+        value = e.emit("shift", value, dim=w.dim, offset=-shift)
     return value
 
 
