@@ -338,16 +338,19 @@ def test_cases_cover_every_op_but_state_and_collectives():
     assert {op.name for op in all_ops()} - covered == elsewhere
 
 
-def test_random_uniform_and_dropout_are_bit_exact():
+def check_random_ops_are_bit_exact(compile_function) -> None:
+    """Uniform draws and dropout equal the reference bit for bit on a backend;
+    `compile_function(module, name)` gives its program (tests/test_tf_rules.py shares it)."""
     module, inputs, labels = build(random_cases())
     want = Interpreter(module).run("f", inputs)
-    got, _ = compile_global(module, "f").run(inputs)
+    got, _ = compile_function(module, "f").run(inputs)
     for label, name in zip(labels, want):
         if "random_normal" not in label:
             np.testing.assert_array_equal(got[name], want[name], err_msg=label)
 
 
-def test_state_ops_read_assign_and_assign_add():
+def check_state_ops(compile_function) -> None:
+    """read, assign and assign_add, and the variables a program is given."""
     mb = ModuleBuilder()
     mb.var("w", f32(a=3), "uniform", seed=1)
     mb.var("h", bf16(a=3), "uniform", seed=2)
@@ -366,7 +369,7 @@ def test_state_ops_read_assign_and_assign_add():
               "n": np.array([1, -2, 3], np.int32)}
     interpreter = Interpreter(module)
     want = interpreter.run("f", inputs)
-    program = compile_global(module, "f")
+    program = compile_function(module, "f")
     got, state = program.run(inputs)
     for name in want:
         np.testing.assert_array_equal(got[name], want[name])
@@ -378,3 +381,11 @@ def test_state_ops_read_assign_and_assign_add():
     _, state = program.run(inputs, given)
     np.testing.assert_array_equal(state["w"], inputs["x"])
     np.testing.assert_array_equal(state["unused"], given["unused"])
+
+
+def test_random_uniform_and_dropout_are_bit_exact():
+    check_random_ops_are_bit_exact(compile_global)
+
+
+def test_state_ops_read_assign_and_assign_add():
+    check_state_ops(compile_global)

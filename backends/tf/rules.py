@@ -13,13 +13,12 @@ floats), the rule computes it another, exact way.
 from __future__ import annotations
 
 import functools
-import string
 from typing import Any, Callable
 
 import numpy as np
 
+from meshir.ops.contraction import einsum_spec
 from meshir.registry import OpView, all_ops
-from meshir.types import TensorType
 
 from .rules_common import Rule, align, as_type, axis_of, const, move_axis, tf, tf_dtype, widen
 
@@ -165,16 +164,6 @@ def _select(op: OpView, cond: tf.Tensor, x: tf.Tensor, y: tf.Tensor) -> tf.Tenso
 
 
 # ---------------------------------------------------------------------------- contraction
-
-
-def einsum_spec(types: list[TensorType], result: TensorType) -> str:
-    """The einsum subscripts: one letter per dimension name, as the reference."""
-    letters: dict[str, str] = {}
-    for t in [*types, result]:
-        for name in t.names:
-            letters.setdefault(name, string.ascii_letters[len(letters)])
-    inputs = ",".join("".join(letters[n] for n in t.names) for t in types)
-    return inputs + "->" + "".join(letters[n] for n in result.names)
 
 
 def _einsum(op: OpView, *xs: tf.Tensor) -> tf.Tensor:

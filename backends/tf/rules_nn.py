@@ -21,6 +21,7 @@ import math
 import numpy as np
 
 from meshir.mesh import LayoutRules
+from meshir.ops.nn import window_padding
 from meshir.registry import OpView
 from meshir.types import TensorType
 
@@ -28,13 +29,6 @@ from . import random
 from .rules_common import Rule, align, as_type, compute_dtype, const, lowest, pad_axis, tf, zeros
 
 # ---------------------------------------------------------------------------- sliding windows
-
-
-def _padding(size: int, out: int, extent: int, stride: int, dilation: int, same: bool) -> tuple[int, int]:
-    if not same:
-        return 0, 0
-    total = max((out - 1) * stride + (extent - 1) * dilation + 1 - size, 0)
-    return total // 2, total - total // 2
 
 
 def _conv(op: OpView, x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
@@ -54,7 +48,7 @@ def _conv(op: OpView, x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
     batch_shape = [x_type.size_of(n) for n in batch]
     ks = tf.cast(tf.transpose(kernel, const([kernel_type.axis_of(n) for n in (*kernel_dims, cin, cout)])), wide)
     padding = [
-        _padding(x_type.size_of(n), result.size_of(n), kernel_type.size_of(k), s, d, op.attr("padding") == "same")
+        window_padding(x_type.size_of(n), result.size_of(n), kernel_type.size_of(k), s, d, op.attr("padding") == "same")
         for n, k, s, d in zip(spatial, kernel_dims, strides, dilations)
     ]
     if rank == 1:
@@ -75,7 +69,7 @@ def _pool_geometry(op: OpView) -> list[tuple[int, int, int, int, int]]:
     spatial, window = op.attr("spatial"), op.attr("window")
     strides = op.attr("strides") or window
     same = op.attr("padding") == "same"
-    return [(x.axis_of(n), k, s, *_padding(x.size_of(n), result.size_of(n), k, s, 1, same))
+    return [(x.axis_of(n), k, s, *window_padding(x.size_of(n), result.size_of(n), k, s, 1, same))
             for n, k, s in zip(spatial, window, strides)]
 
 

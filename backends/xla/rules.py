@@ -10,7 +10,6 @@ the pinned edge cases (empty reductions, integer division by zero, ...).
 from __future__ import annotations
 
 import functools
-import string
 from typing import Callable
 
 import jax
@@ -18,8 +17,8 @@ import jax.numpy as jnp
 import jax.scipy.special
 import numpy as np
 
+from meshir.ops.contraction import einsum_spec
 from meshir.registry import OpView, all_ops
-from meshir.types import TensorType
 
 from .rules_common import Rule, align, as_type, axis_of, compute_dtype, highest, lowest, scalar, widen
 
@@ -139,16 +138,6 @@ def _select(op: OpView, cond: jax.Array, x: jax.Array, y: jax.Array) -> jax.Arra
 
 
 # ---------------------------------------------------------------------------- contraction
-
-
-def einsum_spec(types: list[TensorType], result: TensorType) -> str:
-    """The einsum subscripts: one letter per dimension name, as the reference."""
-    letters: dict[str, str] = {}
-    for t in [*types, result]:
-        for name in t.names:
-            letters.setdefault(name, string.ascii_letters[len(letters)])
-    inputs = ",".join("".join(letters[n] for n in t.names) for t in types)
-    return inputs + "->" + "".join(letters[n] for n in result.names)
 
 
 def _einsum(op: OpView, *xs: jax.Array) -> jax.Array:

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from meshir.mesh import LayoutRules
+from meshir.ops.nn import window_padding
 from meshir.registry import OpView
 from meshir.types import TensorType
 
@@ -25,13 +26,6 @@ from . import random
 from .rules_common import Rule, align, as_type, compute_dtype, lowest
 
 # ---------------------------------------------------------------------------- sliding windows
-
-
-def _padding(size: int, out: int, extent: int, stride: int, dilation: int, same: bool) -> tuple[int, int]:
-    if not same:
-        return 0, 0
-    total = max((out - 1) * stride + (extent - 1) * dilation + 1 - size, 0)
-    return total // 2, total - total // 2
 
 
 def _conv(op: OpView, x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -52,7 +46,7 @@ def _conv(op: OpView, x: jax.Array, kernel: jax.Array) -> jax.Array:
     xs = xs.reshape((math.prod(batch_shape), *xs.shape[len(batch):]))
     ks = jnp.transpose(kernel, [kernel_type.axis_of(n) for n in (*kernel_dims, cin, cout)]).astype(wide)
     padding = [
-        _padding(x_type.size_of(n), result.size_of(n), kernel_type.size_of(k), s, d, op.attr("padding") == "same")
+        window_padding(x_type.size_of(n), result.size_of(n), kernel_type.size_of(k), s, d, op.attr("padding") == "same")
         for n, k, s, d in zip(spatial, kernel_dims, strides, dilations)
     ]
     letters = "HW"[:rank] if rank == 2 else "W"
@@ -79,7 +73,7 @@ def _pool_window(op: OpView) -> tuple[list[int], list[int], list[tuple[int, int]
         stride = strides.get(name, 1)
         dims.append(size)
         steps.append(stride)
-        pads.append(_padding(x.size_of(name), result.size_of(name), size, stride, 1, same) if name in window else (0, 0))
+        pads.append(window_padding(x.size_of(name), result.size_of(name), size, stride, 1, same) if name in window else (0, 0))
     return dims, steps, pads
 
 

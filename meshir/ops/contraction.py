@@ -41,16 +41,21 @@ def _einsum_type(view: OpView) -> TensorType:
     return TensorType(dtype, tuple(dims))
 
 
-def einsum_reference(types: list[TensorType], result: TensorType, arrays: list[np.ndarray]) -> np.ndarray:
+def einsum_spec(types: list[TensorType], result: TensorType) -> str:
+    """The einsum subscripts of a contraction: one letter per dimension name (the
+    reference and every backend spell it the same)."""
     letters: dict[str, str] = {}
     for t in [*types, result]:
         for name in t.names:
             letters.setdefault(name, string.ascii_letters[len(letters)])
-    spec = ",".join("".join(letters[n] for n in t.names) for t in types)
-    spec += "->" + "".join(letters[n] for n in result.names)
+    inputs = ",".join("".join(letters[n] for n in t.names) for t in types)
+    return inputs + "->" + "".join(letters[n] for n in result.names)
+
+
+def einsum_reference(types: list[TensorType], result: TensorType, arrays: list[np.ndarray]) -> np.ndarray:
     dtype = result.dtype
     wide = [a.astype(np.float32) if dtype.is_float and dtype.itemsize < 4 else a for a in arrays]
-    return as_dtype(np.einsum(spec, *wide), result)
+    return as_dtype(np.einsum(einsum_spec(types, result), *wide), result)
 
 
 @einsum.reference

@@ -55,6 +55,16 @@ def _per_dim(view: OpView, attr: str, spatial: Sequence[str], default: tuple[int
     return tuple(values)
 
 
+def window_padding(size: int, out: int, extent: int, stride: int, dilation: int, same: bool) -> tuple[int, int]:
+    """(padding before, padding after) that `out` windows of `extent` taps need
+    along a dimension of `size`: none for `valid`, for `same` the total a last
+    window needs, the smaller half before the data (TensorFlow's rule)."""
+    if not same:
+        return 0, 0
+    total = max((out - 1) * stride + (extent - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
 def _window(view: OpView, name: str, size: int, extent: int, stride: int, dilation: int, source: str) -> tuple[int, int, int]:
     """(output size, padding before, padding after) along one spatial dimension."""
     if extent < 1:
@@ -62,8 +72,7 @@ def _window(view: OpView, name: str, size: int, extent: int, stride: int, dilati
     effective = (extent - 1) * dilation + 1
     if view.attr("padding") == "same":
         out = -(-size // stride)
-        total = max((out - 1) * stride + effective - size, 0)
-        return out, total // 2, total - total // 2
+        return (out, *window_padding(size, out, extent, stride, dilation, True))
     if size < effective:
         dilated = f", dilation {dilation}" if dilation != 1 else ""
         raise MeshirError(
