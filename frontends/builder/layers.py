@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from meshir.diagnostics import MeshirError
 from meshir.types import Dim, TensorType
 
 from .builder import FunctionBuilder, Tensor
@@ -37,11 +38,14 @@ def feed_forward(f: FunctionBuilder, x: Tensor, model: str, hidden: Dim, *, name
 
 def multi_head_attention(
     f: FunctionBuilder, x: Tensor, *, seq: str, model: str, heads: Dim, head_dim: Dim,
-    name: str, seed: int = 0, causal: bool = False, memory: str = "memory",
+    name: str, seed: int = 0, causal: bool = False, memory: str = "memory", segment_ids: Tensor | None = None,
 ) -> Tensor:
     """Self-attention over `seq`: project to `heads` x `head_dim`, scaled dot-product
     attention with keys and values over `seq` renamed to `memory`, softmax over
-    `memory`, project back to `model`. `causal` masks later positions."""
+    `memory`, project back to `model`. `causal` masks later positions.
+    `segment_ids` (integers over x's batch dimensions and `seq`) packs several
+    sequences into one row: a position attends only to positions of its own
+    segment, so packed examples see nothing of each other."""
     mb = f.module_builder
     model_dim = x.type.dim(model)
     proj = TensorType(x.dtype, (model_dim, heads, head_dim))
@@ -55,11 +59,20 @@ def multi_head_attention(
     k = f.einsum(kv_input, f.read(wk), output=[*batch, memory, heads.name, head_dim.name])
     v = f.einsum(kv_input, f.read(wv), output=[*batch, memory, heads.name, head_dim.name])
     logits = f.einsum(q, k, output=[*batch, heads.name, seq, memory]) * (1.0 / math.sqrt(head_dim.size))
+    visible = None
     if causal:
         length = x.size(seq)
         query_pos = f.iota(shape={seq: length}, dim=seq)
         key_pos = f.iota(shape={memory: length}, dim=memory)
         visible = key_pos <= query_pos
+    if segment_ids is not None:
+        expected = {*batch, seq}
+        if set(segment_ids.names) != expected or not segment_ids.dtype.is_integer:
+            raise MeshirError(f"multi_head_attention: segment_ids must be integers over {sorted(expected)}, "
+                              f"got {segment_ids.type}")
+        same_segment = f.eq(segment_ids, f.rename(segment_ids, from_=seq, to=memory))
+        visible = same_segment if visible is None else f.logical_and(same_segment, visible)
+    if visible is not None:
         logits = f.select(visible, logits, f.full(shape=logits.type, value=-1e9, dtype=logits.dtype))
     weights = f.softmax(logits, dim=memory)
     context = f.einsum(weights, v, output=[*batch, seq, heads.name, head_dim.name])
