@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--outputs", help="write the outputs to this .npz file, keyed by returned value name")
     parser.add_argument("--seed", type=int, default=0, help="seed for inputs drawn when --inputs is not given (default 0)")
     parser.add_argument("--check", action="store_true", help="also run the reference and print the largest difference")
+    parser.add_argument("--report", action="store_true",
+                        help="print where the function's ops and variables live (devices, per-device shapes, memory) "
+                             "on standard error, as the backend placed them; with --train, the train step's")
     add_program_flags(parser)
     training = parser.add_argument_group("training (--train)")
     training.add_argument("--train", action="store_true", help="train the entry function's loss on --data")
@@ -103,6 +106,20 @@ def prepare_devices(module: Module, args: argparse.Namespace, cluster: Cluster |
     return prepare(module, args)
 
 
+def report_placement(module: Module, entry: str, args: argparse.Namespace, cluster: Cluster | None) -> None:
+    """--report: the placement of `entry` as its backend compiles it (tools/placement.py)."""
+    from .placement import reference_report, tf_report, xla_report
+
+    if args.backend == "reference":
+        text = reference_report(entry)
+    elif args.backend == "tf":
+        text = tf_report(compile_tf(module, entry, args))
+    else:
+        text = xla_report(compile_xla(module, entry, args.emit_mode))
+    if cluster is None or cluster.is_primary:
+        sys.stderr.write(text)
+
+
 def run_program(module: Module, entry: str, args: argparse.Namespace, inputs: dict[str, np.ndarray],
                 variables: dict[str, np.ndarray] | None, cluster: Cluster | None) -> dict[str, np.ndarray]:
     """The entry function's outputs on the tf or xla backend."""
@@ -138,6 +155,8 @@ def train(args: argparse.Namespace, cluster: Cluster | None, profiler: Profiler 
         PassManager(parse_pipeline(args.passes)).run(module)
     else:
         module, entry = prepare_devices(module, args, cluster)
+    if args.report:
+        report_placement(module, entry, args, cluster)
     runner = make_runner(args.backend, module, args, multi_process=cluster is not None)
     try:
         metrics = train_loop(runner, module, entry, eval_name, dataset, args.steps, args.eval_every, args.seed, checkpoints,
@@ -173,10 +192,14 @@ def run_once(args: argparse.Namespace, cluster: Cluster | None, profiler: Profil
     expected = reference.run(function.name, inputs) if reference is not None else None
     if args.backend == "reference":
         outputs = expected
+        if args.report:
+            report_placement(module, function.name, args, cluster)
     else:
         module = load_module(args.input, args.mesh, args.layout)
         args.passes = pipeline_text(args, module, args.backend)
         module, entry = prepare_devices(module, args, cluster)
+        if args.report:
+            report_placement(module, entry, args, cluster)
         with profiler.whole_run() if profiler is not None else contextlib.nullcontext():
             outputs = run_program(module, entry, args, inputs, variables, cluster)
     if not primary:
