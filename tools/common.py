@@ -62,6 +62,15 @@ def load_module(path: str, mesh_flag: str | None = None, layout_flag: str | None
     return module
 
 
+AUTO_LAYOUT = "auto"  # --layout auto: the auto-layout pass chooses the rules
+
+
+def check_auto_layout(layout_flag: str | None, passes: str) -> None:
+    """`--layout auto` leaves the rules to the auto-layout pass, so the pipeline must run it."""
+    if layout_flag == AUTO_LAYOUT and "auto-layout" not in passes:
+        raise FlagError("--layout auto: --passes must run auto-layout before layout (or leave out --passes)")
+
+
 def apply_overrides(module: Module, mesh_flag: str | None, layout_flag: str | None) -> None:
     """`--mesh` replaces the global functions' mesh; `--layout` their layout rules."""
     from meshir.verifier import verify_module
@@ -79,7 +88,11 @@ def apply_overrides(module: Module, mesh_flag: str | None, layout_flag: str | No
         module.meshes[name] = Mesh(name, mesh.axes)
         for function in global_functions:
             function.attributes["mesh"] = SymbolRef(name)
-    if layout_flag is not None:
+    if layout_flag == AUTO_LAYOUT:  # the auto-layout pass replaces the rules (tools/compile.py)
+        for function in global_functions:
+            if "mesh" not in function.attributes:
+                raise FlagError(f"--layout auto: func @{function.name} has no mesh; give one with --mesh")
+    elif layout_flag is not None:
         try:
             rules = parse_layout_spec(layout_flag)
         except MeshirError as exc:

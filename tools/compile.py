@@ -6,6 +6,8 @@ import argparse
 from meshir.diagnostics import FlagError
 from meshir.ir import Module
 
+from .common import AUTO_LAYOUT, check_auto_layout
+
 EMIT_MODES = ("spmd", "gspmd")
 MIXED_PRECISION = ("bf16", "f16")
 TF_COLLECTIVES = ("explicit", "v2")  # meshir.backends.tf.COLLECTIVE_MODES, without importing TensorFlow
@@ -14,7 +16,8 @@ TF_COLLECTIVES = ("explicit", "v2")  # meshir.backends.tf.COLLECTIVE_MODES, with
 def add_program_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--entry", help="the function to compile or run, e.g. @loss (default: the first function)")
     parser.add_argument("--mesh", help="override the mesh: 'rows:2,cols:4' or 'rows:2;cols:4'")
-    parser.add_argument("--layout", help="override the layout: 'batch:rows,hidden:cols', 'seq:(rows,cols)'")
+    parser.add_argument("--layout", help="override the layout: 'batch:rows,hidden:cols', 'seq:(rows,cols)', or 'auto' "
+                                         "(the auto-layout pass picks it with the estimate as cost model)")
     parser.add_argument("--passes", default=None, help="pass pipeline (default: the standard pipeline, shown by meshc --print-pipeline)")
     parser.add_argument("--mixed-precision", choices=MIXED_PRECISION,
                         help="standard pipeline: activations and contractions in bf16 or f16 (f16 with dynamic loss scaling)")
@@ -27,7 +30,7 @@ def add_program_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def standard_pipeline(entry: str, *, train: bool = False, optimizer: str = "adam", lr: float = 1e-3,
-                      mixed_precision: str | None = None, backend: str = "xla") -> str:
+                      mixed_precision: str | None = None, backend: str = "xla", auto_layout: bool = False) -> str:
     """What meshc and meshir-run run without --passes. The precision policy comes
     first (autodiff then derives a backward pass of the same precision), then the
     train step (equal variables stacked first, so the optimizer updates each stack
@@ -40,7 +43,7 @@ def standard_pipeline(entry: str, *, train: bool = False, optimizer: str = "adam
     if train:
         passes += ["autostack", f"autodiff{{func={entry}}}", f"optimizer{{kind={optimizer},lr={lr}}}"]
     if backend != "reference":
-        passes += ["layout", "spmd"]
+        passes += ["auto-layout", "layout", "spmd"] if auto_layout else ["layout", "spmd"]
     if backend == "tf":
         # XLA combines collectives itself (its all-reduce combiner), and doing it first
         # doubled its compile time for no step-time gain (benchmarks/passes.py); TF has no combiner.
@@ -50,10 +53,12 @@ def standard_pipeline(entry: str, *, train: bool = False, optimizer: str = "adam
 
 def pipeline_text(args: argparse.Namespace, module: Module, backend: str) -> str:
     """--passes, or the standard pipeline for the tool's flags and `backend`."""
+    auto_layout = args.layout == AUTO_LAYOUT
     if args.passes is not None:
+        check_auto_layout(args.layout, args.passes)
         return args.passes
     return standard_pipeline(module.function(args.entry).name, train=args.train, optimizer=args.optimizer, lr=args.lr,
-                             mixed_precision=args.mixed_precision, backend=backend)
+                             mixed_precision=args.mixed_precision, backend=backend, auto_layout=auto_layout)
 
 
 def prepare(module: Module, args: argparse.Namespace) -> tuple[Module, str]:

@@ -23,7 +23,7 @@ from meshir.ir import Function, Module, Operation, Value
 from meshir.mesh import LayoutRules, Mesh, ValueLayout
 from meshir.types import Dim
 
-from .common import EXIT_OK, atomic_write, internal_error, load_module, run_main
+from .common import EXIT_OK, atomic_write, check_auto_layout, internal_error, load_module, run_main
 
 FORMATS = (".svg", ".png", ".dot")
 DEFAULT_PIPELINE = "layout,spmd"
@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--after", metavar="PASS", help="draw the module after this pass of the pipeline, e.g. spmd")
     parser.add_argument("--entry", help="draw only this function, e.g. @loss (default: every function)")
     parser.add_argument("--mesh", help="override the mesh: 'rows:2,cols:4' or 'rows:2;cols:4'")
-    parser.add_argument("--layout", help="override the layout: 'batch:rows,hidden:cols', 'seq:(rows,cols)'")
+    parser.add_argument("--layout", help="override the layout: 'batch:rows,hidden:cols', 'seq:(rows,cols)', or 'auto' "
+                                         "(with the auto-layout pass in --passes)")
     parser.add_argument("--collapse", action="store_true", help="draw the first of each run of repeated layers, fold the rest")
     parser.add_argument("--mesh-view", metavar="VALUE", help="draw the device mesh: which slice of VALUE each device holds")
     return parser
@@ -406,7 +407,9 @@ def main(argv: list[str] | None = None) -> int:
         module = load_module(args.input, args.mesh, args.layout)
         functions = [module.function(args.entry)] if args.entry else list(module.functions.values())
         sizes = global_sizes(module)
-        PassManager(parse_pipeline(pipeline_until(args.passes, args.after))).run(module)
+        pipeline = pipeline_until(args.passes, args.after)
+        check_auto_layout(args.layout, pipeline)
+        PassManager(parse_pipeline(pipeline)).run(module)
         functions = [module.functions[f.name] for f in functions]
         if args.mesh_view:
             graph = draw_mesh_view(module, functions, args.mesh_view, sizes)

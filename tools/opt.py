@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from meshir.diagnostics import MeshirError, Source
 
-from .common import EXIT_OK, EXIT_RUNTIME, apply_overrides, atomic_write, internal_error, read_input, run_main
+from .common import EXIT_OK, EXIT_RUNTIME, apply_overrides, atomic_write, check_auto_layout, internal_error, read_input, run_main
 
 SPLIT_MARKER = re.compile(r"^// -----\s*$", re.MULTILINE)
 EXPECTATION = re.compile(r"//\s*expected-error(?:@([+-]\d+))?\s*\{\{(.*?)\}\}")
@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", help="write the result here (atomically) instead of standard output")
     parser.add_argument("--passes", default="", help="pass pipeline, e.g. 'canonicalize,cse,dce'")
     parser.add_argument("--mesh", help="override the mesh: 'rows:2,cols:4' or 'rows:2;cols:4'")
-    parser.add_argument("--layout", help="override the layout: 'batch:rows,hidden:cols', 'seq:(rows,cols)'")
+    parser.add_argument("--layout", help="override the layout: 'batch:rows,hidden:cols', 'seq:(rows,cols)', or 'auto' "
+                                         "(with the auto-layout pass in --passes)")
     parser.add_argument("--print-ir-after-all", action="store_true", help="print the module after every pass (stderr)")
     parser.add_argument("--print-ir-after", action="append", default=[], metavar="PASS", help="print the module after PASS (stderr)")
     parser.add_argument("--time-passes", action="store_true", help="report the time of each pass (stderr)")
@@ -58,6 +59,7 @@ def process(chunk: Chunk, source: Source, args: argparse.Namespace, log: io.Text
 
     module = parse_module(chunk.text, source.name, line_offset=chunk.line_offset, source=source)
     apply_overrides(module, args.mesh, args.layout)
+    check_auto_layout(args.layout, args.passes)
     manager = PassManager(
         parse_pipeline(args.passes),
         print_ir_after_all=args.print_ir_after_all,
