@@ -134,14 +134,16 @@ class AutoLayout(Pass):
     sweeps: int = 3
     report: bool = True  # print the best candidates on standard error
 
+    def __post_init__(self) -> None:
+        for option in ("flops_per_second", "bytes_per_second"):
+            if getattr(self, option) <= 0:
+                raise ValueError(f"{option.replace('_', '-')} must be positive, got {getattr(self, option)}")
+        if self.memory < 0 or self.latency < 0 or self.sweeps < 1:
+            raise ValueError("memory and latency must be at least 0 and sweeps at least 1")
+
     def run(self, module: Module) -> dict[str, int]:
         from meshir.printer import print_module
 
-        for option in ("flops_per_second", "bytes_per_second"):
-            if getattr(self, option) <= 0:
-                raise MeshirError(f"auto-layout: {option.replace('_', '-')} must be positive, got {getattr(self, option)}")
-        if self.memory < 0 or self.latency < 0 or self.sweeps < 1:
-            raise MeshirError("auto-layout: memory and latency must be at least 0 and sweeps at least 1")
         by_mesh: dict[str, list[Function]] = {}
         for function in module.functions.values():
             if not function.is_local and function.mesh_symbol():
