@@ -175,8 +175,7 @@ func @f(%t: f32[vocab=6, model=4], %idx: i32[batch=8, seq=2], %u: f32[batch=8, s
 def test_max_pool_gradient_over_a_split_dim_takes_its_phases_in_place(window, strides, padding, permutes):
     """A strided window's gradient cuts the dimension into (dim / stride, phase) and
     picks a tap's phase, shifting only by whole strides: with blocks of whole
-    strides a tap inside the first stride reads and writes its own rows. (The
-    forward pool of overlapping windows still gathers its input's rows.)"""
+    strides a tap inside the first stride reads and writes its own rows."""
     text = f"""mesh @m = <rows=2, cols=4>
 var @x : f32[batch=2, h=16, w=8, c=3] = normal(stddev=1.0, seed=3)
 func @loss(%t: f32[batch=2, h=8, w=4, c=3]) -> f32[] attributes {{mesh = @m, layout = {{h: cols, batch: rows}}}} {{
@@ -192,4 +191,35 @@ func @loss(%t: f32[batch=2, h=8, w=4, c=3]) -> f32[] attributes {{mesh = @m, lay
     local = simulate_and_compare(*partition(module))
     backward = local.ops[next(i for i, op in enumerate(local.ops) if op.name == "max_pool") + 1:]
     assert sum(op.name == "collective_permute" for op in backward) == permutes
-    assert not any(op.name in ("all_gather", "all_to_all") for op in backward)
+    assert not any(op.name in ("all_gather", "all_to_all") for op in local.ops)
+
+
+@pytest.mark.parametrize("op", ["max_pool", "avg_pool"])
+@pytest.mark.parametrize("window", [3, 5, 4], ids=["w3", "w5", "w4"])
+@pytest.mark.parametrize("layout", ["h:cols", "h:cols,w:rows", "w:rows,batch:cols"])
+def test_overlapping_same_pools_over_split_dims_exchange_halos(op, window, layout):
+    """Windows wider than their stride read a few rows of the neighbouring blocks:
+    collective_permute brings them, the axis's ends pad (the lowest value for
+    max, rows left out of the count for avg), and nothing is gathered."""
+    rules = ", ".join(f"{d}: {a}" for d, a in (part.split(":") for part in layout.split(",")))
+    text = f"""mesh @m = <rows=2, cols=4>
+func @f(%x: f32[batch=4, h=16, w=8, c=3]) -> f32[batch=4, h=8, w=4, c=3] attributes {{mesh = @m, layout = {{{rules}}}}} {{
+  %y = {op}(%x) {{spatial = [h, w], window = [{window}, {window}], strides = [2, 2], padding = same}}
+  return %y
+}}
+"""
+    local = check_text(text, None, None)
+    assert "collective_permute" in ops_of(local)
+    assert not any(name in ("all_gather", "all_to_all") for name in ops_of(local))
+
+
+def test_an_integer_max_pool_pads_the_axis_ends_with_the_least_integer():
+    text = """mesh @m = <cols=4>
+func @f(%x: i32[h=16, w=6]) -> i32[h=8, w=3] attributes {mesh = @m, layout = {h: cols}} {
+  %y = max_pool(%x) {spatial = [h, w], window = [3, 3], strides = [2, 2], padding = same}
+  return %y
+}
+"""
+    x = -np.arange(96, dtype=np.int32).reshape(16, 6) - 5  # all negative: a zero pad would win every edge window
+    local = check_text(text, None, None, inputs={"x": x})
+    assert "collective_permute" in ops_of(local) and "all_gather" not in ops_of(local)

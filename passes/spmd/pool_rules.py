@@ -1,9 +1,16 @@
-"""Pooling over split spatial dimensions without communication, and the
+"""Pooling over split spatial dimensions without gathering them, and the
 reshapes strided windows use.
 
 A pool whose windows lie inside one device's block (no padding, window no
 wider than the stride, blocks a multiple of the stride) is each device pooling
-its own block: output block k is input block k pooled. Strided window gradients
+its own block: output block k is input block k pooled. A `same` pool whose
+windows overlap (a 3x3 window with stride 2) still has output block k made from
+input block k, plus a few rows of each neighbour's block: each device gets them
+by collective_permute (halo_rules.with_halos) and pools its extended block with
+`valid` padding. The devices at either end of the axis have padding there
+instead of a neighbour: the lowest value for max_pool, and for avg_pool zeros
+that the window counts leave out (the pooled values are divided by the pooled
+mask of real elements). Strided window gradients
 (meshir/ops/windows.py) cut a dimension into (dim / stride, phase) with a
 reshape, and merge it back; a row-major reshape that keeps the split on the
 leading dimension of each group of dimensions it regroups is a local reshape of
@@ -12,10 +19,16 @@ to the generic rule.
 """
 from __future__ import annotations
 
-from meshir.ir import Operation
+import numpy as np
+
+from meshir.attributes import Name
+from meshir.dtypes import i32
+from meshir.ir import Operation, Value
 from meshir.mesh import ValueLayout
+from meshir.ops.nn import window_padding
 from meshir.types import Dim
 
+from .halo_rules import with_halos
 from .rules import LowerContext, Rule, generic_rule
 from .sharded import Sharded
 
@@ -33,15 +46,108 @@ def _inside_blocks(ctx: LowerContext, op: Operation, by_dim: dict[str, tuple[str
     return True
 
 
+def _halos(ctx: LowerContext, op: Operation, by_dim: dict[str, tuple[str, ...]]) -> dict[str, tuple[int, int]] | None:
+    """For a `same` pool: each split spatial dimension's (rows from the previous
+    block, rows from the next) when output block k comes from input block k and
+    those rows; None when some split dimension does not work so."""
+    if op.attr("padding") != "same":
+        return None
+    x, result = op.operand_types[0], op.results[0].type
+    halos = {}
+    for name, size, stride in zip(op.attr("spatial"), op.attr("window"), op.attr("strides") or op.attr("window")):
+        axes = by_dim.get(name, ())
+        if not axes:
+            continue
+        block = x.size_of(name) // ctx.mesh.group_size(axes)
+        low, _ = window_padding(x.size_of(name), result.size_of(name), size, stride, 1, True)
+        high = size - stride - low
+        if len(axes) != 1 or block % stride or result.size_of(name) * stride != x.size_of(name) \
+                or not 0 <= high <= block or low > block:
+            return None
+        halos[name] = (low, high)
+    return halos
+
+
+def _constant(ctx: LowerContext, value: float, dtype) -> Value:
+    return ctx.emit("constant", [], {"value": value, "dtype": dtype})[0]
+
+
+def _edge(ctx: LowerContext, dim: str, axis: str, block: int, low: int, high: int) -> Value:
+    """bool[dim = low + block + high]: the halo rows that lie past either end of the
+    axis (the first device's low rows, the last device's high rows)."""
+    position = ctx.emit("iota", [], {"shape": (Dim(dim, low + block + high),), "dim": Name(dim)})[0]
+    index = ctx.emit("axis_index", [], {"axis": Name(axis)})[0]
+    edges = []
+    for rows, compare, bound, device in (("low", "lt", low, 0), ("high", "ge", low + block, ctx.mesh.axis_size(axis) - 1)):
+        if (low if rows == "low" else high) == 0:
+            continue
+        inside = ctx.emit(compare, [position, _constant(ctx, bound, i32)], {})[0]
+        at_device = ctx.emit("eq", [index, _constant(ctx, device, i32)], {})[0]
+        edges.append(ctx.emit("logical_and", [inside, at_device], {})[0])
+    return edges[0] if len(edges) == 1 else ctx.emit("logical_or", edges, {})[0]
+
+
+def _replace(ctx: LowerContext, where: Value, value: float, x: Value) -> Value:
+    """`x` with `value` where `where` (over some of x's dimensions) holds, in x's dimension order."""
+    everywhere = ctx.emit("broadcast", [where], {"shape": x.type.dims})[0]
+    return ctx.emit("select", [everywhere, _constant(ctx, value, x.type.dtype), x], {})[0]
+
+
+def _halo_pool(ctx: LowerContext, op: Operation, x: Value, by_dim: dict[str, tuple[str, ...]],
+               halos: dict[str, tuple[int, int]], name: str | None) -> Value:
+    """This device's output block: its input block with halos (padding at the
+    axis's ends, and along unsplit dimensions), pooled with `valid` padding."""
+    dtype = x.type.dtype
+    fill = _lowest(dtype) if op.name == "max_pool" else 0.0
+    real: list[Value] = []  # per spatial dimension: 1 where an element is data, 0 where padding
+    for dim, size, stride in zip(op.attr("spatial"), op.attr("window"), op.attr("strides") or op.attr("window")):
+        extent = x.type.size_of(dim)
+        if dim in halos:
+            low, high = halos[dim]
+            x = with_halos(ctx, x, dim, by_dim[dim][0], extent, low, high)
+            ones = ctx.emit("ones", [], {"shape": (Dim(dim, low + extent + high),), "dtype": dtype})[0]
+            if low or high:
+                edge = _edge(ctx, dim, by_dim[dim][0], extent, low, high)
+                x = _replace(ctx, edge, fill, x)
+                ones = _replace(ctx, edge, 0.0, ones)
+        else:
+            low, high = window_padding(extent, -(-extent // stride), size, stride, 1, True)
+            ones = ctx.emit("ones", [], {"shape": (Dim(dim, extent),), "dtype": dtype})[0]
+            if low or high:
+                x = ctx.emit("pad", [x], {"dim": Name(dim), "low": low, "high": high, "value": fill})[0]
+                ones = ctx.emit("pad", [ones], {"dim": Name(dim), "low": low, "high": high})[0]
+        real.append(ones)
+    valid = {**op.attributes, "padding": Name("valid")}
+    if op.name == "max_pool":
+        return ctx.emit(op.name, [x], valid, name)[0]
+    mask = real[0]
+    for part in real[1:]:
+        mask = ctx.emit("mul", [mask, part], {})[0]
+    # avg_pool of the mask is the share of each window that is data.
+    pooled, share = ctx.emit(op.name, [x], valid)[0], ctx.emit(op.name, [mask], valid)[0]
+    return ctx.emit("div", [pooled, share], {}, name)[0]
+
+
+def _lowest(dtype) -> float:
+    """What max_pool pads with: -inf, or an integer type's least value."""
+    return float("-inf") if dtype.is_float else float(np.iinfo(dtype.numpy).min)
+
+
 def aligned_pool_rule(ctx: LowerContext, op: Operation, operands: list[Sharded]) -> list[Sharded]:
     (sharded,), (result,) = operands, op.results
     layout = ctx.layout(result)
     by_dim = dict(zip(result.type.names, layout.axes))
-    if not any(by_dim.get(n) for n in op.attr("spatial")) or not _inside_blocks(ctx, op, by_dim):
+    if not any(by_dim.get(n) for n in op.attr("spatial")):
+        return generic_rule(ctx, op, operands)
+    if _inside_blocks(ctx, op, by_dim):
+        x = ctx.want(sharded, layout)
+        value = ctx.emit(op.name, [x], dict(op.attributes), result.name)[0]
+        return [Sharded(value, layout, result.type)]
+    halos = _halos(ctx, op, by_dim)
+    if halos is None:
         return generic_rule(ctx, op, operands)
     x = ctx.want(sharded, layout)
-    value = ctx.emit(op.name, [x], dict(op.attributes), result.name)[0]
-    return [Sharded(value, layout, result.type)]
+    return [Sharded(_halo_pool(ctx, op, x, by_dim, halos, result.name), layout, result.type)]
 
 
 def _regrouped(before: tuple[Dim, ...], after: tuple[Dim, ...]) -> list[tuple[Dim, Dim]] | None:
