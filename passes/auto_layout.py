@@ -15,10 +15,11 @@ to every one that fits, and of two equal costs the smaller peak wins. Layouts th
 rejects (an axis that does not divide its dimension) are skipped.
 
 The search is coordinate descent over mesh axes: from no rules (everything
-replicated), each axis in turn is given the dimension (or none) that costs least
-with the other axes held, and the axes are swept again until a sweep changes
-nothing (at most `sweeps` times). An axis may join another on one dimension
-(`batch: (rows, cols)`). The chosen rules are written inline as each function's
+replicated), each axis in turn is moved to the dimension (or none), or also
+given another dimension, whichever costs least with the other axes held, and
+the axes are swept again until a sweep changes nothing (at most `sweeps`
+times). So an axis may join another on one dimension (`batch: (rows, cols)`)
+and split several dimensions (`heads: cols, hidden: cols`). The chosen rules are written inline as each function's
 `layout`, so the printed IR shows them, and the best candidates are reported on
 standard error (`report=false` keeps it quiet).
 """
@@ -73,12 +74,15 @@ def _dimension_names(module: Module, functions: list[Function]) -> list[str]:
     return list(names)
 
 
-def _with_axis(mesh: Mesh, rules: dict[str, tuple[str, ...]], axis: str, dim: str | None) -> LayoutRules:
-    """`rules` with `axis` moved to `dim` (None: to no dimension); a dimension's axes
-    in mesh order, so that each split is reached once."""
+def _with_axis(mesh: Mesh, rules: dict[str, tuple[str, ...]], axis: str, dim: str | None, *,
+               keep: bool = False) -> LayoutRules:
+    """`rules` with `axis` moved to `dim` (None: to no dimension), or with `keep`
+    also given to `dim` (an axis may split several dimensions that no value has
+    together, as `heads` and `hidden` in a transformer); a dimension's axes in
+    mesh order, so that each split is reached once."""
     order = [a.name for a in mesh.axes]
-    placed = {d: tuple(a for a in axes if a != axis) for d, axes in rules.items()}
-    if dim is not None:
+    placed = {d: axes if keep else tuple(a for a in axes if a != axis) for d, axes in rules.items()}
+    if dim is not None and axis not in placed.get(dim, ()):
         placed[dim] = tuple(sorted(placed.get(dim, ()) + (axis,), key=order.index))
     return LayoutRules(tuple((d, axes) for d, axes in placed.items() if axes))
 
@@ -171,8 +175,11 @@ class AutoLayout(Pass):
             changed = False
             for axis in axes:
                 current = best.rules.as_dict()
-                for dim in [None, *dims]:
-                    candidate = search.measure(_with_axis(mesh, current, axis, dim))
+                moves = [_with_axis(mesh, current, axis, dim) for dim in [None, *dims]]
+                if any(axis in split for split in current.values()):
+                    moves += [_with_axis(mesh, current, axis, dim, keep=True) for dim in dims]
+                for rules in moves:
+                    candidate = search.measure(rules)
                     if candidate is not None and candidate.key < best.key:
                         best, changed = candidate, True
             if not changed:
@@ -189,11 +196,12 @@ def _report(mesh: Mesh, best: Candidate, search: _Search) -> str:
     measured = sorted((c for c in search.visited.values() if c is not None and c.fits), key=lambda c: c.key)
     rejected = sum(c is None for c in search.visited.values())
     over = sum(c is not None and not c.fits for c in search.visited.values())
+    width = max([len("layout"), *(len(rules_text(c.rules)) for c in measured[:REPORTED])]) + 2
     lines = [f"===- auto-layout of mesh @{mesh.name} {mesh} -===",
              f"chosen: {rules_text(best.rules)}",
              f"{len(search.visited)} layouts measured ({rejected} that the layout pass rejects, {over} over memory); the best:",
-             f"  {'layout':<40}{'time':>12}{'peak/device':>14}{'sent/device':>14}{'collectives':>13}"]
+             f"  {'layout':<{width}}{'time':>12}{'peak/device':>14}{'sent/device':>14}{'collectives':>13}"]
     for c in measured[:REPORTED]:
-        lines.append(f"  {rules_text(c.rules):<40}{c.seconds * 1e3:>9.3f} ms{format_bytes(c.peak):>14}"
+        lines.append(f"  {rules_text(c.rules):<{width}}{c.seconds * 1e3:>9.3f} ms{format_bytes(c.peak):>14}"
                      f"{format_bytes(c.bytes_sent):>14}{c.collectives:>13}")
     return "\n".join(lines) + "\n"

@@ -1,7 +1,8 @@
-"""The auto-layout pass: its axis-by-axis search finds the cheapest layout that an
-exhaustive search over every assignment of mesh axes finds; a memory budget
-rules out the layouts over it; the cost model's weights move the choice as they
-say; `--layout auto` in the tools; errors are diagnostics."""
+"""The auto-layout pass: its axis-by-axis search does at least as well as an
+exhaustive search over every one-dimension-per-axis layout, and may give an axis
+several dimensions; a memory budget rules out the layouts over it; the cost
+model's weights move the choice as they say; `--layout auto` in the tools;
+errors are diagnostics."""
 from __future__ import annotations
 
 import itertools
@@ -79,12 +80,24 @@ def dims_of(text: str) -> list[str]:
 
 
 @pytest.mark.parametrize("example", ["mlp.mir", "digits_mlp.mir"])
-def test_the_search_finds_the_exhaustive_optimum(example):
+def test_the_search_is_at_least_as_good_as_every_one_dimension_per_axis_layout(example):
+    """Exhaustive over each axis splitting one dimension or none; the search may
+    also give an axis several dimensions, so it can only do better."""
     text = train_step(example, mesh="rows:2,cols:2")
     costs = [c for c in (measured(text, rules) for rules in every_layout(["rows", "cols"], dims_of(text))) if c]
     best_seconds = min(seconds for seconds, _ in costs)
     seconds, _ = measured(text, chosen(text))
-    assert seconds == pytest.approx(best_seconds, rel=1e-9)
+    assert seconds <= best_seconds * (1 + 1e-9)
+
+
+def test_an_axis_may_split_several_dimensions():
+    """With a budget that replicated weights exceed, the transformer's train step
+    needs cols on the batch and on the weights' `hidden` as well (a value holding
+    both keeps cols on `batch`, its first)."""
+    text = train_step("transformer_lm.mir")
+    rules = chosen(text, ",memory=3200000").as_dict()
+    assert sum(1 for axes in rules.values() if "cols" in axes) >= 2
+    assert measured(text, LayoutRules(tuple(rules.items())))[1] <= 3200000
 
 
 def test_a_memory_budget_rules_out_the_layouts_over_it():
@@ -109,7 +122,7 @@ def test_expensive_communication_gives_a_layout_that_sends_nothing_and_cheap_com
     busy = chosen(text, ",bytes-per-second=1e30,latency=0")
     layouts = [rules for rules in every_layout(["rows", "cols"], dims_of(text)) if measured(text, rules)]
     least = min(measured(text, rules, bytes_per_second=1e30, latency=0)[0] for rules in layouts)
-    assert measured(text, busy, bytes_per_second=1e30, latency=0)[0] == pytest.approx(least, rel=1e-9)
+    assert measured(text, busy, bytes_per_second=1e30, latency=0)[0] <= least * (1 + 1e-9)
 
 
 def test_the_pass_reports_its_choice_and_the_best_candidates(capsys):
