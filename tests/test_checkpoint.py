@@ -4,7 +4,9 @@ that never stopped; bf16 and f32 checkpoints convert into each other's modules; 
 writer killed mid-save leaves the last checkpoint loadable; a checkpoint that does
 not fit the module is a diagnostic."""
 import json
+import os
 import shutil
+import stat
 import signal
 import subprocess
 import sys
@@ -66,6 +68,16 @@ def test_saves_every_n_steps_and_at_the_end_keeping_the_last_two(saved):
     assert metadata["step"] == 5
     assert metadata["variables"]["w1.m"] == {"shape": [64, 128], "dtype": "f32", "file": "w1.m.npy"}
     assert checkpoint.load(str(directory)).values["step"] == 5
+
+
+def test_checkpoints_get_the_modes_the_umask_gives(saved):
+    """Staged in private temporary folders, the saved folder and index still end up
+    readable as a plain mkdir() and open() would leave them."""
+    directory, _ = saved
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((directory / "ckpt-5").stat().st_mode) == 0o777 & ~umask
+    assert stat.S_IMODE((directory / "checkpoint").stat().st_mode) == 0o666 & ~umask
 
 
 @pytest.mark.parametrize("mesh", [ONE_DEVICE, MESH_2X2], ids=["one-device", "2x2"])

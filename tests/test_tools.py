@@ -1,5 +1,6 @@
 """meshir-opt and meshir-run from the command line: flags, files, exit status."""
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,18 @@ def test_opt_prints_canonical_text_and_writes_atomically(tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["mlp.out.mir"]
     assert opt.main([str(out)]) == 0
     assert capsys.readouterr().out == printed
+
+
+def test_output_files_get_the_mode_the_umask_gives(tmp_path):
+    """Written through a private temporary file, the output still ends up with the
+    permissions a plain open() would give it (not owner-only)."""
+    previous = os.umask(0o022)
+    try:
+        out = tmp_path / "mlp.out.mir"
+        assert opt.main([MLP, "-o", str(out)]) == 0
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
 
 
 def test_opt_reads_standard_input():

@@ -37,6 +37,8 @@ from meshir.ir import Module
 from meshir.passes.autostack import checkpoint_entries
 from meshir.types import TensorType
 
+from .common import with_default_mode
+
 FORMAT = 1
 INDEX = "checkpoint"
 METADATA = "metadata.json"
@@ -124,6 +126,7 @@ def _save(directory: str, step: int, values: Mapping[str, np.ndarray], loss: flo
         # A crash after the rename below but before the index moved leaves a folder
         # the index does not name; set it aside as interrupted so the rename can land.
         os.rename(final, tempfile.mkdtemp(prefix=_SAVING_PREFIX, dir=directory))
+    with_default_mode(staging, directory=True)
     os.rename(staging, final)
     _fsync_directory(directory)
     _replace_index(directory, name)
@@ -192,6 +195,7 @@ def _replace_index(directory: str, name: str) -> None:
     fd, staging = tempfile.mkstemp(prefix=_SAVING_PREFIX, dir=directory)
     os.close(fd)
     _write_durably(staging, lambda handle: handle.write(json.dumps({"latest": name}).encode()))
+    with_default_mode(staging)
     os.replace(staging, os.path.join(directory, INDEX))
     _fsync_directory(directory)
 

@@ -113,6 +113,14 @@ def apply_overrides(module: Module, mesh_flag: str | None, layout_flag: str | No
         raise FlagError(f"{flags}: {exc.message}", exc.loc) from None
 
 
+def with_default_mode(path: str, directory: bool = False) -> None:
+    """Give a file or folder made by mkstemp/mkdtemp (owner-only) the mode a plain
+    open() or mkdir() would have given it under the process's umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if directory else 0o666) & ~umask)
+
+
 def atomic_write(path: str, data: str | bytes) -> None:
     """Write through a temporary file in the same folder, then rename: a reader (or a
     crash) never sees half a file, and an error leaves no file at all. A device or
@@ -130,6 +138,7 @@ def atomic_write(path: str, data: str | bytes) -> None:
     try:
         with os.fdopen(fd, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as handle:
             handle.write(data)
+        with_default_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
