@@ -28,6 +28,10 @@ def tensorflow() -> ModuleType:
     return tf
 
 
+# Where the inputs arrive (the Session's feeds) and are cut into per-device blocks.
+HOST = "/device:CPU:0"
+
+
 def device_name(kind: str, index: int) -> str:
     """`/device:CPU:3`: device `index` of the mesh (row-major numbering)."""
     return f"/device:{kind}:{index}"

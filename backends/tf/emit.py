@@ -33,7 +33,7 @@ from meshir.types import Dim, TensorType
 
 from . import kernels
 from .collectives import Communicator
-from .devices import device_name
+from .devices import HOST, device_name
 from .initializers import initial_slice
 from .random import block_offsets
 from .rules import TARGET, install
@@ -113,7 +113,9 @@ class GraphBuilder:
         # One device needs no placement: a plain graph that runs anywhere.
         devices = [device_name(device_kind, d) for d in self.mesh.devices()] if self.mesh.size > 1 else None
         self.graph = tf.Graph()
-        self.pool = ConstantPool(self.graph, devices)
+        # Inputs are fed and cut into blocks on the host, placed there explicitly.
+        self.host = HOST if devices is not None else None
+        self.pool = ConstantPool(self.graph, devices, self.host)
         self.comm = Communicator(self.mesh, devices, self.pool, collectives, timeout)
         self.owners: dict[str, str] = {}  # top-level name scope -> what it computes, for diagnostics
         self.ops_by_scope: dict[str, Operation] = {}
@@ -130,19 +132,22 @@ class GraphBuilder:
 
     def build(self) -> tuple[list[Port], list[Port], list[VariableSlices]]:
         with self.graph.as_default(), constant_pool(self.pool):
-            inputs, placeholders = self._placeholders()
+            with self.graph.device(self.host):
+                inputs, placeholders = self._placeholders()
             output_nodes = self._reserve_output_names([a.name for a in self.function.args])
             variables = self._variables()
             contexts = [DeviceContext(d, variables) for d in self.mesh.devices()]
-            env: dict[Value, list[tf.Tensor]] = {
-                arg: self._split(arg.name, placeholders[arg.name], port.layout)
-                for arg, port in zip(self.function.args, inputs)
-            }
+            with self.graph.device(self.host):
+                env: dict[Value, list[tf.Tensor]] = {
+                    arg: self._split(arg.name, placeholders[arg.name], port.layout)
+                    for arg, port in zip(self.function.args, inputs)
+                }
             for op in self.function.ops:
                 env.update(zip(op.results, self._emit(op, [env[v] for v in op.operands], contexts)))
             writes = self._store(variables, contexts)
-            outputs = self._outputs(output_nodes, env, [*writes, *self.comm.launched])
-            _named_group([v.initializer for slices in variables.values() for v in slices.variables], INIT)
+            with self.graph.device(self.host):  # the outputs are fetched there
+                outputs = self._outputs(output_nodes, env, [*writes, *self.comm.launched])
+                _named_group([v.initializer for slices in variables.values() for v in slices.variables], INIT)
             self.owners[INIT] = "the variables' initialization"
             self._check_kernels()
         return inputs, outputs, list(variables.values())

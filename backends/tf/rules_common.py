@@ -44,12 +44,13 @@ class ConstantPool:
     small constants (axes, shapes, zero, the generator's multipliers) again and
     again; each Const is a graph node and ~0.5 ms of Python to build, and before
     the pool they were half of all nodes. A device's constants live on it, under
-    the name scope `constants/dev<i>` (`constants` on one unplaced device)."""
+    the name scope `constants/dev<i>`; those asked for outside any device's op
+    live on `host` (`constants`; unplaced on one device)."""
 
     SCOPE = "constants"
 
-    def __init__(self, graph: Any, devices: list[str] | None):
-        self.graph, self.devices = graph, devices
+    def __init__(self, graph: Any, devices: list[str] | None, host: str | None = None):
+        self.graph, self.devices, self.host = graph, devices, host
         self.device: int | None = None
         self._cache: dict[tuple, tf.Tensor] = {}
 
@@ -63,7 +64,7 @@ class ConstantPool:
             # colocation of whichever op asked first.
             with self.graph.name_scope(scope), self.graph.control_dependencies(None), \
                     self.graph.colocate_with(None, ignore_existing=True), \
-                    self.graph.device(self.devices[self.device] if placed else None):
+                    self.graph.device(self.devices[self.device] if placed else self.host):
                 self._cache[key] = tf.constant(array, dtype)
         return self._cache[key]
 
