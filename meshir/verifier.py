@@ -11,7 +11,7 @@ from typing import Any
 
 from .attributes import BOOL, DTYPE, AttrKind, AttrSpec, AttrTypeError, SymbolRef, check_attributes
 from .diagnostics import Location, MeshirError
-from .ir import Function, Module, Operation, Variable
+from .ir import Function, Module, Operation, Value, Variable
 from .mesh import LayoutRules, Mesh
 from .registry import OpView, find
 from .types import TensorType
@@ -189,6 +189,8 @@ def verify_function(module: Module, function: Function) -> None:
             if check_splits:
                 _check_divisible(layout, mesh, ttype, op.loc, f"%{value.name} = {op.name}", divisible)
         defined.update(op.results)
+    if mesh is not None and not function.is_local:
+        _check_meshes(function)
     if len(function.returns) != len(function.result_types):
         raise _at(function.return_loc or function.loc, f"func @{function.name} declares {_count(len(function.result_types), 'result')} but returns {len(function.returns)}")
     for index, (value, ttype) in enumerate(zip(function.returns, function.result_types)):
@@ -196,6 +198,26 @@ def verify_function(module: Module, function: Function) -> None:
             raise _at(function.return_loc, f"return: %{value.name} is not defined")
         if value.type != ttype:
             raise _at(function.return_loc or function.loc, f"func @{function.name} result {index} is declared {ttype} but %{value.name} is {value.type}")
+
+
+def _check_meshes(function: Function) -> None:
+    """Values move between meshes only by `transfer`: arguments live on the
+    function's mesh, a transfer's result on its `to`, any other result where its
+    operands live, which must be one mesh. Ops without operands (constants,
+    reads) go wherever their users are."""
+    lives: dict[Value, str | None] = {arg: function.mesh_symbol() for arg in function.args}
+    for op in function.ops:
+        if op.name == "transfer":
+            lives[op.results[0]] = op.attr("to").name
+            continue
+        placed = [(index, operand, lives.get(operand)) for index, operand in enumerate(op.operands)]
+        meshes = {mesh for _, _, mesh in placed if mesh is not None}
+        if len(meshes) > 1:
+            where = ", ".join(f"%{operand.name or index} on @{mesh}" for index, operand, mesh in placed if mesh is not None)
+            raise _at(op.loc, f"{op.name}: operands live on different meshes ({where}); move one with "
+                              f"transfer {{to = @...}} first")
+        for result in op.results:
+            lives[result] = next(iter(meshes), None)
 
 
 def _count(n: int, noun: str) -> str:
