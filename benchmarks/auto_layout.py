@@ -76,7 +76,7 @@ def main() -> None:
         for name, layout, auto in (("file", None, False), ("data", "batch:(rows,cols)", False), ("auto", None, True)):
             module, chosen, batch = train_step(example, layout, auto)
             program, compiled, _ = bench.compiled_step(module)
-            step = bench.Step(compiled, {p.name for p in program.written}, bench.placed(program, program.inputs, batch),
+            step = bench.Step(program, compiled, bench.placed(program, program.inputs, batch),
                               bench.placed(program, program.variables, Interpreter(module).state))
             rows.append((name, chosen, *modelled(module), step))
         for _ in range(3):

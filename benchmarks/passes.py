@@ -76,15 +76,14 @@ def build_model(layers: int, mesh: str | None, layout: str | None) -> Module:
 class Step:
     """One variant's compiled train step and the variables it carries between calls."""
 
-    compiled: Any  # jax.stages.Compiled of CompiledProgram.donating
-    written: set[str]
+    program: CompiledProgram
+    compiled: Any  # jax.stages.Compiled of program.lower_step()
     feed: dict[str, jax.Array]
     state: dict[str, jax.Array]
 
     def __call__(self) -> float:
         with x64():
-            outputs, written = self.compiled(self.feed, {k: v for k, v in self.state.items() if k in self.written},
-                                             {k: v for k, v in self.state.items() if k not in self.written})
+            outputs, written = self.compiled(self.feed, *self.program.split_written(self.state))
         self.state = {**self.state, **written}
         jax.block_until_ready((outputs, written))
         return float(outputs["loss"])
@@ -115,12 +114,9 @@ def placed(program: CompiledProgram, ports: list[Port], values: dict[str, Any]) 
 def compiled_step(module: Module) -> tuple[CompiledProgram, Any, float]:
     """The program, its donating step compiled ahead of time, and the seconds that took."""
     program = compile_xla(module, "loss", "spmd")  # a fresh jax.jit: nothing cached from an earlier round
-    inputs, variables = program.specs()
-    written = {p.name for p in program.written}
     start = time.perf_counter()
     with x64():
-        compiled = program.donating.lower(inputs, {k: v for k, v in variables.items() if k in written},
-                                          {k: v for k, v in variables.items() if k not in written}).compile()
+        compiled = program.lower_step().compile()
     return program, compiled, time.perf_counter() - start
 
 
@@ -130,7 +126,7 @@ def prepare(name: str, pipeline: str, args: argparse.Namespace) -> tuple[Variant
     PassManager(parse_pipeline(pipeline)).run(module)
     stats = module_statistics(module)
     program, compiled, seconds = compiled_step(module)
-    step = Step(compiled, {p.name for p in program.written}, placed(program, program.inputs, batch),
+    step = Step(program, compiled, placed(program, program.inputs, batch),
                 placed(program, program.variables, Interpreter(module).state))
     variant = Variant(name, len(module.functions["loss"].ops), len(module.variables), sum(stats.collectives.values()),
                       sum(stats.bytes_per_axis.values()), [seconds], step)

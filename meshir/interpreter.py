@@ -20,7 +20,7 @@ import numpy as np
 from .diagnostics import MeshirError, RuntimeFailure
 from .dtypes import dtype_of_numpy
 from .initializers import INITIALIZERS
-from .ir import Function, Module, Operation, Value, Variable
+from .ir import Function, Module, Operation, Value, Variable, unused_name
 from .mesh import LayoutRules, Mesh, ValueLayout
 from .registry import OpDef, OpView, lookup
 from .types import TensorType
@@ -106,12 +106,7 @@ def output_names(function: Function) -> list[str]:
     position i is `output_i`, and a name already taken gets `_1`, `_2`, ..."""
     names: list[str] = []
     for position, value in enumerate(function.returns):
-        base = value.name or f"output_{position}"
-        name, suffix = base, 0
-        while name in names:
-            suffix += 1
-            name = f"{base}_{suffix}"
-        names.append(name)
+        names.append(unused_name(value.name or f"output_{position}", names))
     return names
 
 

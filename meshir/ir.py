@@ -2,12 +2,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, Container, Iterable, Iterator
 
 from .attributes import SymbolRef
 from .diagnostics import Location, MeshirError
 from .mesh import LayoutRules, Mesh
 from .types import TensorType
+
+
+def unused_name(base: str, taken: Container[str], separator: str = "_") -> str:
+    """`base`, or `base_1`, `base_2`, ... (with `separator` between): the first not in `taken`."""
+    name, count = base, 0
+    while name in taken:
+        count += 1
+        name = f"{base}{separator}{count}"
+    return name
 
 
 class Value:

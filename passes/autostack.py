@@ -45,7 +45,7 @@ from typing import Callable, ClassVar, Hashable, Iterator
 from meshir.attributes import Name, SymbolRef
 from meshir.diagnostics import MeshirError
 from meshir.initializers import STACK
-from meshir.ir import Function, Module, Operation, Value, Variable
+from meshir.ir import Function, Module, Operation, Value, Variable, unused_name
 from meshir.types import Dim
 
 from .base import Pass, register_pass
@@ -161,10 +161,7 @@ def _stacked_variable(name: str, members: list[Variable]) -> Variable:
 
 def _fresh_value_name(taken: set[str], base: str) -> str:
     """`base`, or `base_1`, `base_2`, ...: the first not in `taken`, which it joins."""
-    name, suffix = base, 0
-    while name in taken:
-        suffix += 1
-        name = f"{base}_{suffix}"
+    name = unused_name(base, taken)
     taken.add(name)
     return name
 

@@ -69,7 +69,7 @@ class Statistics:
     bytes_per_axis: Counter[str] = field(default_factory=Counter)
 
 
-def _collective_axes(op: Operation) -> tuple[str, ...]:
+def collective_axes(op: Operation) -> tuple[str, ...]:
     """The mesh axes a collective talks over: its `axes`, or its one `axis`."""
     if "axes" in op.attributes:
         return tuple(op.attributes["axes"])
@@ -87,6 +87,6 @@ def module_statistics(module: Module) -> Statistics:
             if moved is None:
                 continue
             stats.collectives[op.name] += 1
-            for axis in _collective_axes(op):
+            for axis in collective_axes(op):
                 stats.bytes_per_axis[axis] += moved(op)
     return stats

@@ -107,7 +107,7 @@ from meshir.ir import Function, Module, Operation, Value
 from meshir.mesh import Mesh
 from meshir.types import TensorType
 
-from .base import COLLECTIVE_BYTES, Pass, register_pass
+from .base import COLLECTIVE_BYTES, Pass, collective_axes, register_pass
 from .optimizer import STEP
 
 # The suffixes optimizer.py gives the slot variables of `@w`: `@w.m`, `@w.v`, ...
@@ -358,11 +358,10 @@ def _stored_in_place(function: Function, runs_at: dict[Operation, int], views: d
     return in_place
 
 
-def _buffers(function: Function, stored: dict[str, TensorType]) -> list[_Buffer]:
+def _buffers(function: Function, stored: dict[str, TensorType], runs_at: dict[Operation, int]) -> list[_Buffer]:
     """The buffers of the function's op results, each living from where its op runs
     to where its last user runs. Fused values, views, reads of a variable's storage
     type and values computed into a variable's buffer get none of their own."""
-    runs_at = _execution_positions(function)
     views: dict[Value, str] = {}  # values that are a variable's buffer -> the variable
     for op in function.ops:
         if op.name == "read" and op.result.type == stored.get(op.attr("var").name):
@@ -406,13 +405,12 @@ def _buffers(function: Function, stored: dict[str, TensorType]) -> list[_Buffer]
     return buffers + copies
 
 
-def _kept_intermediates(function: Function, backward: int | None) -> list[_Buffer]:
+def _kept_intermediates(function: Function, backward: int | None, runs_at: dict[Operation, int]) -> list[_Buffer]:
     """The forward intermediates that the backward part computes again and a
     merging backend keeps instead (RECOMPUTED_INTERMEDIATES): each lives from its
     forward op to the last backward op that reads that op's input."""
     if backward is None:
         return []
-    runs_at = _execution_positions(function)
     users = function.users()
     kept = []
     for op in function.ops[:backward]:
@@ -449,7 +447,8 @@ def estimate_memory(module: Module, function: Function, mesh: Mesh | None) -> Me
     resident["inputs"] = sum(a.type.nbytes for a in function.args)
     gradients = gradient_values(module, function)
     backward = backward_start(function, gradients)
-    buffers = _buffers(function, stored) + _kept_intermediates(function, backward)
+    runs_at = _execution_positions(function)
+    buffers = _buffers(function, stored, runs_at) + _kept_intermediates(function, backward, runs_at)
     kinds = [_buffer_kind(b, set(gradients), backward) for b in buffers]
 
     live_change = [0] * (len(function.ops) + 2)
@@ -517,7 +516,7 @@ def _ring_share(kind: str, group: int) -> Fraction:
 def collective_bytes_per_axis(op: Operation, mesh: Mesh) -> dict[str, Fraction]:
     """Bytes one device sends over each axis of one collective (see the module doc)."""
     payload = COLLECTIVE_BYTES[op.name](op)
-    axes = tuple(op.attributes["axes"]) if "axes" in op.attributes else (op.attributes["axis"],)
+    axes = collective_axes(op)
     sent: dict[str, Fraction] = {}
     remaining = Fraction(payload)
     for axis in axes:

@@ -59,7 +59,7 @@ POLICY: dict[str, str] = {**{n: LOW for n in _LOW_OPS}, **{n: FULL for n in _FUL
 _WEAK_SOURCES = ("constant", "zeros", "ones", "full")
 
 LOSS_SCALE_VARIABLE = "loss_scale"
-GOOD_STEPS_VARIABLE = "loss_scale.good_steps"
+GOOD_STEPS_VARIABLE = LOSS_SCALE_VARIABLE + ".good_steps"  # the counter optimizer.adjust_loss_scale keeps
 
 
 @functools.cache

@@ -6,8 +6,6 @@ errors are diagnostics."""
 from __future__ import annotations
 
 import itertools
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -164,10 +162,8 @@ def test_layout_auto_with_passes_that_do_not_run_it_is_a_flag_error(capsys):
     assert "--layout auto: --passes must run auto-layout" in capsys.readouterr().err
 
 
-def test_meshir_run_trains_with_layout_auto(tmp_path, capsys):
-    data = tmp_path / "digits.npz"
-    subprocess.run([sys.executable, str(EXAMPLES / "digits_data.py"), str(data)], check=True, capture_output=True)
-    argv = [str(EXAMPLES / "digits_mlp.mir"), "--train", "--data", str(data), "--backend", "xla", "--devices", "8",
+def test_meshir_run_trains_with_layout_auto(digits, capsys):
+    argv = [str(EXAMPLES / "digits_mlp.mir"), "--train", "--data", digits, "--backend", "xla", "--devices", "8",
             "--layout", "auto", "--steps", "20", "--lr", "0.01"]
     assert run.main(argv) == 0
     captured = capsys.readouterr()

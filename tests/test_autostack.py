@@ -13,8 +13,6 @@ from __future__ import annotations
 import importlib.util
 import io
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -178,13 +176,6 @@ def test_stacks_start_from_their_members_values_on_tf(initial):
 
 # --- training -------------------------------------------------------------------
 
-
-@pytest.fixture(scope="module")
-def patterns(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("data") / "lm.npz"
-    subprocess.run([sys.executable, str(REPO / "benchmarks" / "lm_data.py"), str(path), "--train", "256", "--test", "32"],
-                   check=True, capture_output=True)
-    return str(path)
 
 
 def train(data: str, pipeline: str, steps: int, *flags: str, backend: str = "xla") -> list[float]:

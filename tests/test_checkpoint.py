@@ -35,12 +35,6 @@ def train(monkeypatch, model: str, digits: str, steps: int, *flags: str, backend
     return recorded_training(argv, evaluate=True)
 
 
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("data") / "digits.npz"
-    subprocess.run([sys.executable, str(EXAMPLES / "digits_data.py"), str(path)], check=True, capture_output=True)
-    return str(path)
-
 
 @pytest.fixture(scope="module")
 def saved(digits, tmp_path_factory) -> tuple[Path, list[float]]:

@@ -38,13 +38,6 @@ def printed(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def patterns(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("data") / "lm.npz"
-    subprocess.run([sys.executable, str(REPO / "benchmarks" / "lm_data.py"), str(path), "--train", "64", "--test", "16"],
-                   check=True, capture_output=True)
-    return str(path)
-
 
 def test_printed_text_round_trips(printed):
     text = printed.read_text()

@@ -24,12 +24,6 @@ RUN = [sys.executable, "-m", "meshir.tools.run"]
 STEP_LOSS = re.compile(r"step (\d+)/\d+  loss (\S+)")
 
 
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("data") / "digits.npz"
-    subprocess.run([sys.executable, str(EXAMPLES / "digits_data.py"), str(path)], check=True, capture_output=True, timeout=120)
-    return str(path)
-
 
 def launch_two(*argv: str) -> subprocess.CompletedProcess:
     """`meshir-launch -n 2 -- meshir-run ARGV`, 4 devices a process."""

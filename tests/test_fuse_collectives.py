@@ -3,8 +3,6 @@ in the numpy simulator and on XLA (8 CPU devices); the data-parallel train step
 keeps one gradient all_reduce per bucket; 20 training steps lose the same."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -220,12 +218,6 @@ def test_pass_statistics_show_collectives_and_bytes_before_and_after(capsys) -> 
     # Four gradients and the loss fuse into one; the accuracy function keeps its own.
     assert "all_reduce 6 -> 2" in line and "bytes[all] 38448 -> 38448" in line
 
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("data") / "digits.npz"
-    subprocess.run([sys.executable, str(EXAMPLES / "digits_data.py"), str(path)], check=True, capture_output=True)
-    return str(path)
 
 
 def losses(digits: str, capsys, monkeypatch, passes: str, mesh: str, layout: str) -> list[float]:

@@ -97,12 +97,6 @@ def test_usage_errors_exit_2(argv, fragment):
     assert fragment in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("data") / "digits.npz"
-    subprocess.run([sys.executable, str(EXAMPLES / "digits_data.py"), str(path)], check=True, capture_output=True, timeout=120)
-    return str(path)
-
 
 def test_killing_a_process_mid_run_fails_the_launch_fast_and_leaves_nothing(digits, tmp_path):
     checkpoints = tmp_path / "ckpt"

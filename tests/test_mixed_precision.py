@@ -8,8 +8,6 @@ import argparse
 import functools
 import io
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -75,10 +73,8 @@ def test_twenty_bf16_steps_follow_the_f32_loss_curve():
     assert mixed.state()["w1"].dtype == np.float32  # master weights
 
 
-def test_bf16_digits_reach_95_percent(tmp_path, capsys):
-    data = tmp_path / "digits.npz"
-    subprocess.run([sys.executable, str(EXAMPLES / "digits_data.py"), str(data)], check=True, capture_output=True)
-    argv = [str(DIGITS), "--train", "--data", str(data), "--backend", "xla", "--devices", "8", "--steps", "300",
+def test_bf16_digits_reach_95_percent(digits, capsys):
+    argv = [str(DIGITS), "--train", "--data", digits, "--backend", "xla", "--devices", "8", "--steps", "300",
             "--passes", "mixed-precision{activation=bf16}," + TRAIN + ",layout,spmd"]
     assert run.main(argv) == 0
     assert float(re.search(r'"accuracy": ([\d.]+)', capsys.readouterr().out).group(1)) >= 0.95

@@ -5,8 +5,6 @@ with the same loss curve as on one device. Its partitioned train step exchanges
 halos and never gathers a split dimension, and matches the global reference in
 the simulator; the pooling and reshape rules it relies on are checked there too."""
 import json
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -17,7 +15,7 @@ from tests.training import recorded_training
 from meshir.frontends.text import parse_module
 from meshir.interpreter import Interpreter, shard
 from meshir.ir import Function, Module
-from meshir.passes.base import COLLECTIVE_BYTES
+from meshir.passes.base import COLLECTIVE_BYTES, collective_axes
 from meshir.passes.layout import without_trivial_axes
 from meshir.passes.pipeline import PassManager, parse_pipeline
 from meshir.printer import print_module
@@ -31,12 +29,6 @@ CNN = str(EXAMPLES / "mnist_cnn.mir")
 TRAIN_STEP = "autodiff{func=loss},optimizer{kind=adam,lr=0.001},layout,spmd"
 CHANCE = 0.1
 
-
-@pytest.fixture(scope="module")
-def mnist_like(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("data") / "mnist_like.npz"
-    subprocess.run([sys.executable, str(EXAMPLES / "mnist_like.py"), str(path)], check=True, capture_output=True)
-    return str(path)
 
 
 def test_mnist_like_has_mnist_npz_keys_and_formats(mnist_like):
@@ -88,8 +80,7 @@ def collectives(function: Function) -> Counter[tuple[str, str]]:
     found = Counter()
     for op in function.ops:
         if op.name in COLLECTIVE_BYTES:
-            axes = op.attributes["axes"] if "axes" in op.attributes else (op.attributes["axis"],)
-            found[(op.name, ",".join(axes))] += 1
+            found[(op.name, ",".join(collective_axes(op)))] += 1
     return found
 
 

@@ -98,12 +98,11 @@ def test_the_backward_pipeline_sends_gradients_back():
     assert shifts == [-1] * 4 + [1] * 4
 
 
-def test_pipeline_example_trains_the_same_on_xla_as_on_the_reference(tmp_path):
-    mir, data = tmp_path / "pipe.mir", tmp_path / "digits.npz"
+def test_pipeline_example_trains_the_same_on_xla_as_on_the_reference(tmp_path, digits):
+    mir = tmp_path / "pipe.mir"
     mir.write_text(subprocess.run([sys.executable, str(EXAMPLES / "pipeline_mlp.py")], capture_output=True, text=True,
                                   check=True).stdout)
-    subprocess.run([sys.executable, str(EXAMPLES / "digits_data.py"), str(data)], check=True, capture_output=True)
-    common = [str(mir), "--train", "--data", str(data), "--steps", "5", "--lr", "0.01", "--devices", "8"]
+    common = [str(mir), "--train", "--data", digits, "--steps", "5", "--lr", "0.01", "--devices", "8"]
     xla = recorded_training(common + ["--backend", "xla"]).losses
     reference = recorded_training(common + ["--backend", "reference"]).losses
     assert len(xla) == 5 and xla[-1] < xla[0]

@@ -2,8 +2,6 @@
 read back from the XLA executable and the placed TF graph. Per-device shapes are
 worked out by hand from each layout; the report goes to standard error and the
 run's own output is unchanged."""
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -55,10 +53,8 @@ def test_reference_report_says_it_runs_on_the_host(capsys):
     assert "on reference: the numpy interpreter runs every op on the host" in err
 
 
-def test_train_report_shows_the_train_step_with_its_optimizer_slots(tmp_path, capsys):
-    data = tmp_path / "digits.npz"
-    subprocess.run([sys.executable, str(EXAMPLES / "digits_data.py"), str(data)], check=True, capture_output=True)
-    _, err = report([DIGITS, "--train", "--data", str(data), "--backend", "xla", "--devices", "8", "--steps", "2",
+def test_train_report_shows_the_train_step_with_its_optimizer_slots(digits, capsys):
+    _, err = report([DIGITS, "--train", "--data", digits, "--backend", "xla", "--devices", "8", "--steps", "2",
                      "--report"], capsys)
     assert "placement of @loss on xla:" in err and "mesh rows=2 x cols=4 on cpu:0-7:" in err
     for slot in ("@w1.m", "@w1.v", "@step"):

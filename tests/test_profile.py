@@ -2,8 +2,6 @@
 Perfetto open, naming meshir's ops (`einsum:%h`, backends/xla/trace.py)."""
 import gzip
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,12 +12,6 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 BLOCK = str(EXAMPLES / "transformer_block.mir")
 DIGITS = str(EXAMPLES / "digits_mlp.mir")
 
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("data") / "digits.npz"
-    subprocess.run([sys.executable, str(EXAMPLES / "digits_data.py"), str(path)], check=True, capture_output=True, timeout=120)
-    return str(path)
 
 
 def trace_files(directory: Path) -> dict[str, bytes]:

@@ -6,8 +6,6 @@ the TFRunner's state round-trips."""
 import contextlib
 import io
 import json
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,12 +66,6 @@ def train(data: str, backend: str, mesh: str, layout: str, steps: int, eval_ever
     record.evaluations = [line for line in err.getvalue().splitlines() if ": accuracy " in line]
     return record
 
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("data") / "digits.npz"
-    subprocess.run([sys.executable, str(EXAMPLES / "digits_data.py"), str(path)], check=True, capture_output=True)
-    return str(path)
 
 
 @pytest.fixture(scope="module")

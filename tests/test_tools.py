@@ -134,3 +134,13 @@ def test_output_to_a_device_writes_to_it_instead_of_replacing_it():
 
     assert opt.main([str(EXAMPLES / "mlp.mir"), "-o", "/dev/null"]) == 0
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+
+
+def test_a_bug_in_a_tool_is_reported_as_one_not_as_a_user_error(monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr(opt, "split_chunks", broken)
+    assert opt.main([MLP]) == 1
+    err = capsys.readouterr().err
+    assert "meshir-opt: internal error: ZeroDivisionError: boom" in err and "This is a bug in meshir" in err

@@ -2,8 +2,6 @@
 devices; the loss curve is the same on one device and under data-parallel,
 model-parallel and mixed layouts; bad training flags are diagnostics."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +13,6 @@ from meshir.tools import run
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 DIGITS = str(EXAMPLES / "digits_mlp.mir")
 
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("data") / "digits.npz"
-    subprocess.run([sys.executable, str(EXAMPLES / "digits_data.py"), str(path)], check=True, capture_output=True)
-    return str(path)
 
 
 def metrics_of(out: str) -> dict:

@@ -3,8 +3,6 @@ backend: its loss goes down on benchmarks/lm_data.py's repeated patterns, and th
 loss curve on one device is the curve under data-parallel and mixed layouts."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +14,6 @@ REPO = Path(__file__).resolve().parent.parent
 MODEL = str(REPO / "examples" / "transformer_lm.mir")
 STEPS = 5
 
-
-@pytest.fixture(scope="module")
-def patterns(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("data") / "lm.npz"
-    subprocess.run([sys.executable, str(REPO / "benchmarks" / "lm_data.py"), str(path), "--train", "256", "--test", "32"],
-                   check=True, capture_output=True)
-    return str(path)
 
 
 def loss_curve(data: str, monkeypatch: pytest.MonkeyPatch, mesh: str, layout: str) -> list[float]:

@@ -16,8 +16,9 @@ from meshir.mesh import Mesh, parse_layout_spec, parse_mesh_spec
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
 
 
-def run_main(body: Callable[[], int]) -> int:
-    """Run a tool body: user errors print as diagnostics (exit 2), never as tracebacks."""
+def run_main(tool: str, body: Callable[[], int]) -> int:
+    """Run a tool body: user errors print as diagnostics (exit 2), never as
+    tracebacks; anything else is a meshir bug and says so."""
     try:
         return body()
     except RuntimeFailure as exc:
@@ -31,9 +32,11 @@ def run_main(body: Callable[[], int]) -> int:
         return EXIT_RUNTIME
     except BrokenPipeError:
         return EXIT_OK
+    except Exception as exc:  # noqa: BLE001 - anything else is a meshir bug
+        return _internal_error(tool, exc)
 
 
-def internal_error(tool: str, exc: BaseException) -> int:
+def _internal_error(tool: str, exc: BaseException) -> int:
     """A bug in meshir, not in the user's input: say so, with the trace for the report."""
     print(f"{tool}: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
     print("This is a bug in meshir; please report it with the input that caused it.", file=sys.stderr)

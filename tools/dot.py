@@ -23,7 +23,7 @@ from meshir.ir import Function, Module, Operation, Value
 from meshir.mesh import LayoutRules, Mesh, ValueLayout
 from meshir.types import Dim
 
-from .common import EXIT_OK, atomic_write, check_auto_layout, internal_error, load_module, run_main
+from .common import EXIT_OK, atomic_write, check_auto_layout, load_module, run_main
 
 FORMATS = (".svg", ".png", ".dot")
 DEFAULT_PIPELINE = "layout,spmd"
@@ -190,12 +190,6 @@ def layers_of(module: Module, function: Function) -> dict[Operation, tuple[str, 
 # --- drawing a module --------------------------------------------------------
 
 
-def _format_bytes(count: float) -> str:
-    from meshir.passes.estimate import format_bytes
-
-    return format_bytes(round(count))
-
-
 @dataclass
 class FunctionDrawing:
     """The nodes and edges of one function, before they go into a cluster."""
@@ -214,19 +208,18 @@ def _value_lines(value: Value, describe) -> list[str]:
 
 def _op_label(op: Operation, describe, mesh: Mesh | None) -> tuple[str, str]:
     """The style kind and label of an op's node."""
-    from meshir.passes.base import COLLECTIVE_BYTES
-    from meshir.passes.estimate import collective_bytes_per_axis
+    from meshir.passes.base import COLLECTIVE_BYTES, collective_axes
+    from meshir.passes.estimate import collective_bytes_per_axis, format_bytes
 
     head = op.name
     if op.name in STATE_OPS:
         head = f"{op.name} @{op.attr('var').name}"
     lines = [head] + [line for r in op.results for line in _value_lines(r, describe)]
     if op.name in COLLECTIVE_BYTES and op.name != "all_slice" and mesh is not None:
-        axes = op.attributes.get("axes") or (op.attributes["axis"],)
         how = f" ({op.attributes['reduce']})" if "reduce" in op.attributes else ""
         sent = sum(collective_bytes_per_axis(op, mesh).values())
-        lines[0] = f"{op.name}{how} over [{', '.join(axes)}]"
-        lines.append(f"sends {_format_bytes(sent)} per device")
+        lines[0] = f"{op.name}{how} over [{', '.join(collective_axes(op))}]"
+        lines.append(f"sends {format_bytes(round(sent))} per device")
         return "collective", "\n".join(lines)
     return ("state" if op.name in STATE_OPS else "op"), "\n".join(lines)
 
@@ -418,10 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write(args.output, render(graph, suffix))
         return EXIT_OK
 
-    try:
-        return run_main(body)
-    except Exception as exc:  # noqa: BLE001 - anything else is a meshir bug
-        return internal_error("meshir-dot", exc)
+    return run_main("meshir-dot", body)
 
 
 if __name__ == "__main__":

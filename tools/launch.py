@@ -26,7 +26,7 @@ from typing import BinaryIO, NoReturn
 
 from meshir.diagnostics import FlagError
 
-from .common import EXIT_OK, internal_error, run_main
+from .common import EXIT_OK, run_main
 
 LOOPBACK = "127.0.0.1"
 USAGE = "usage: meshir-launch -n N -- COMMAND [ARGS...]"
@@ -188,10 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             stop(processes)  # after Ctrl-C or SIGTERM too
             signal.signal(signal.SIGTERM, previous)
 
-    try:
-        return run_main(body)
-    except Exception as exc:  # noqa: BLE001 - anything else is a meshir bug
-        return internal_error("meshir-launch", exc)
+    return run_main("meshir-launch", body)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import sys
 
 from meshir.diagnostics import FlagError
 
-from .common import EXIT_OK, atomic_write, internal_error, load_module, run_main
+from .common import EXIT_OK, atomic_write, load_module, run_main
 from .compile import add_program_flags, compile_tf, compile_xla, pipeline_text, prepare
 
 XLA_SUFFIXES = (".hlo", ".mlir", ".jaxexport")
@@ -55,12 +55,8 @@ def xla_memory(program) -> dict[str, int]:
     device, and `peak`, the bytes live at once (argument + output + temp - alias)."""
     from meshir.backends.xla.compile import x64
 
-    inputs, variables = program.specs()
-    written = {p.name for p in program.written}
     with x64():
-        lowered = program.donating.lower(inputs, {k: v for k, v in variables.items() if k in written},
-                                         {k: v for k, v in variables.items() if k not in written})
-        stats = lowered.compile().memory_analysis()
+        stats = program.lower_step().compile().memory_analysis()
     figures = {kind: getattr(stats, f"{kind}_size_in_bytes") for kind in ("argument", "output", "alias", "temp")}
     figures["peak"] = figures["argument"] + figures["output"] + figures["temp"] - figures["alias"]
     return figures
@@ -122,10 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             report(module, entry, xla_memory(program), args)
         return EXIT_OK
 
-    try:
-        return run_main(body)
-    except Exception as exc:  # noqa: BLE001 - anything else is a meshir bug
-        return internal_error("meshc", exc)
+    return run_main("meshc", body)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from meshir.diagnostics import MeshirError, Source
 
-from .common import EXIT_OK, EXIT_RUNTIME, apply_overrides, atomic_write, check_auto_layout, internal_error, read_input, run_main
+from .common import EXIT_OK, EXIT_RUNTIME, apply_overrides, atomic_write, check_auto_layout, read_input, run_main
 
 SPLIT_MARKER = re.compile(r"^// -----\s*$", re.MULTILINE)
 EXPECTATION = re.compile(r"//\s*expected-error(?:@([+-]\d+))?\s*\{\{(.*?)\}\}")
@@ -116,10 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(text)
         return EXIT_OK
 
-    try:
-        return run_main(body)
-    except Exception as exc:  # noqa: BLE001 - anything else is a meshir bug
-        return internal_error("meshir-opt", exc)
+    return run_main("meshir-opt", body)
 
 
 if __name__ == "__main__":

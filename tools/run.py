@@ -11,7 +11,7 @@ import numpy as np
 from meshir.diagnostics import FlagError
 from meshir.ir import Module
 
-from .common import EXIT_OK, EXIT_RUNTIME, atomic_write, internal_error, load_module, run_main
+from .common import EXIT_OK, EXIT_RUNTIME, atomic_write, load_module, run_main
 from .compile import add_program_flags, compile_tf, compile_xla, pipeline_text, prepare
 from .distributed import DEFAULT_INIT_TIMEOUT, Cluster, cluster_from_flags, join, joined, leave, peer_failures_reported
 from .profile import Profiler, profiler_from_flags
@@ -227,10 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         with peer_failures_reported(cluster) if cluster is not None else contextlib.nullcontext():
             return train(args, cluster, profiler) if args.train else run_once(args, cluster, profiler)
 
-    try:
-        status = run_main(body)
-    except Exception as exc:  # noqa: BLE001 - anything else is a meshir bug
-        status = internal_error("meshir-run", exc)
+    status = run_main("meshir-run", body)
     if status != EXIT_OK and joined():
         leave(status)
     return status

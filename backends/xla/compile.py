@@ -110,11 +110,21 @@ class CompiledProgram:
         donated to their new values (a train step updates in place, as `jax.jit`
         with `donate_argnums` does): the caller must not use the given arrays of
         written variables afterwards."""
-        names = {p.name for p in self.written}
-        written = {k: v for k, v in variables.items() if k in names}
-        others = {k: v for k, v in variables.items() if k not in names}
         with x64():
-            return self.donating(dict(inputs), written, others)
+            return self.donating(dict(inputs), *self.split_written(variables))
+
+    def split_written(self, variables: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(the variables the program writes, the others): the donating program's
+        second and third arguments."""
+        names = {p.name for p in self.written}
+        return ({k: v for k, v in variables.items() if k in names}, {k: v for k, v in variables.items() if k not in names})
+
+    def lower_step(self) -> jax.stages.Lowered:
+        """The donating program that `step` runs, lowered for abstract arguments (for
+        its memory figures, or to compile it ahead of time)."""
+        inputs, variables = self.specs()
+        with x64():
+            return self.donating.lower(inputs, *self.split_written(variables))
 
     def specs(self) -> tuple[dict[str, jax.ShapeDtypeStruct], dict[str, jax.ShapeDtypeStruct]]:
         """Abstract arguments (shape, dtype, sharding) for lowering and export."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, Iterable, Optional
 
-from ..ir import Operation, Value
+from ..ir import Operation, Value, unused_name
 from ..types import TensorType
 
 if TYPE_CHECKING:
@@ -55,12 +55,7 @@ def broadcast_to(e: Emitter, value: Value, target: TensorType) -> Value:
 
 def fresh_dim(base: str, *types: TensorType) -> str:
     """A dimension name none of `types` uses, derived from `base`."""
-    taken = {n for t in types for n in t.names}
-    name, count = base, 0
-    while name in taken:
-        count += 1
-        name = f"{base}{count}"
-    return name
+    return unused_name(base, {n for t in types for n in t.names}, separator="")
 
 
 def add_all(e: Emitter, values: Iterable[Value]) -> Value:
